@@ -1,0 +1,319 @@
+"""Datasets, the search split and batch loaders, shared by all stages.
+
+In-memory datasets (CIFAR-10/100, Fashion-MNIST, synthetic) are held as one uint8 tensor
+(N, C, H, W) and augmented a whole batch at a time by `BatchLoader` (random crop with zero
+padding, horizontal flip, optional cutout; the same distributions as torchvision's RandomCrop /
+RandomHorizontalFlip and DARTS' Cutout). Its randomness comes from a generator seeded by
+(seed, epoch), so a run is reproducible and resumes exactly at any epoch boundary, on CPU or GPU.
+ImageNet (ImageFolder trees) goes through torchvision transforms and a DataLoader instead.
+"""
+import gzip
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils import UserError, derive_seed
+
+# Per-channel mean / std of the raw images in [0, 1].
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4824, 0.4467), (0.2471, 0.2435, 0.2616)  # (125.3, 123.0, 113.9)/255 ...
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)  # (129.3, 124.1, 112.4)/255 ...
+FMNIST_MEAN, FMNIST_STD = (0.2190,) * 3, (0.3318,) * 3      # of the images padded to 32x32
+SYNTHETIC_MEAN, SYNTHETIC_STD = (0.5,) * 3, (0.25,) * 3
+
+DATASETS = ['cifar10', 'cifar100', 'fashion-mnist', 'synthetic']
+DEFAULT_ROOTS = {'cifar10': './data', 'cifar100': './data', 'fashion-mnist': '/usr/share/datasets/fashion-mnist',
+                 'synthetic': None}
+FMNIST_FILES = {True: ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
+                False: ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
+SYNTHETIC_SIZES = {True: 2048, False: 512}
+
+
+@dataclass
+class ArrayData:
+    images: torch.Tensor        # uint8 (N, C, H, W), C = 1 (expanded to 3 when batched) or 3
+    labels: torch.Tensor        # int64 (N,)
+    num_classes: int
+    mean: tuple
+    std: tuple
+
+    def __len__(self):
+        return len(self.labels)
+
+
+# --- loading ------------------------------------------------------------------------------------------
+
+def load_arrays(dataset, root=None, train=True, download=False):
+    """The training (train=True) or test set of `dataset` as ArrayData."""
+    if dataset not in DATASETS:
+        raise UserError(f'unknown --dataset {dataset!r}; choose one of {", ".join(DATASETS)}')
+    root = root if root is not None else DEFAULT_ROOTS[dataset]
+    if dataset in ('cifar10', 'cifar100'):
+        return _load_cifar(dataset, root, train, download)
+    if dataset == 'fashion-mnist':
+        return _load_fashion_mnist(root, train)
+    return synthetic_arrays(SYNTHETIC_SIZES[train], seed=0 if train else 1)
+
+
+def _load_cifar(dataset, root, train, download):
+    import torchvision
+    folder = {'cifar10': 'cifar-10-batches-py', 'cifar100': 'cifar-100-python'}[dataset]
+    cls = {'cifar10': torchvision.datasets.CIFAR10, 'cifar100': torchvision.datasets.CIFAR100}[dataset]
+    name = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100'}[dataset]
+    if not download and not os.path.isdir(os.path.join(root, folder)):
+        raise UserError(f'{name} not found: expected the extracted python version in {os.path.join(root, folder)}; '
+                        f'point --data at its parent folder, or add --download on a machine with internet')
+    try:
+        ds = cls(root=root, train=train, download=download)
+    except RuntimeError as e:
+        raise UserError(f'{name} in {os.path.join(root, folder)} is incomplete or corrupted ({e}); '
+                        f're-extract the archive there, or add --download on a machine with internet')
+    except OSError as e:
+        raise UserError(f'cannot get {name} into {root} ({e}); without internet, place the extracted archive there')
+    images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32)
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if dataset == 'cifar10' else (CIFAR100_MEAN, CIFAR100_STD)
+    return ArrayData(images, torch.tensor(ds.targets, dtype=torch.long), len(ds.classes), mean, std)
+
+
+def _read_idx(root, name):
+    """An idx file (optionally .gz) as a numpy uint8 array of its declared shape."""
+    for path, opener in ((os.path.join(root, name + '.gz'), gzip.open), (os.path.join(root, name), open)):
+        if os.path.isfile(path):
+            break
+    else:
+        raise UserError(f'Fashion-MNIST file {name}.gz not found in {root}; install it with '
+                        '`apt-get install -y dataset-fashion-mnist` or point --data at the folder holding the four idx files')
+    try:
+        with opener(path, 'rb') as f:
+            raw = f.read()
+        ndim = raw[3]
+        dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim)]
+        arr = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+        if raw[:3] != b'\x00\x00\x08' or arr.size != math.prod(dims):
+            raise ValueError(f'{arr.size} values for shape {dims}')
+    except (OSError, EOFError, ValueError, IndexError) as e:
+        raise UserError(f'Fashion-MNIST file {path} is truncated or corrupted ({e}); reinstall it with '
+                        '`apt-get install --reinstall -y dataset-fashion-mnist`')
+    return arr.reshape(dims)
+
+
+def _load_fashion_mnist(root, train):
+    img_name, lbl_name = FMNIST_FILES[train]
+    images = _read_idx(root, img_name)
+    labels = _read_idx(root, lbl_name)
+    if len(images) != len(labels):
+        raise UserError(f'Fashion-MNIST in {root}: {len(images)} images but {len(labels)} labels; reinstall it')
+    # (N, 28, 28) -> (N, 1, 32, 32): zero padding of 2 so the CIFAR networks run unchanged.
+    x = F.pad(torch.from_numpy(images.copy()).unsqueeze(1), (2, 2, 2, 2))
+    return ArrayData(x, torch.from_numpy(labels.astype(np.int64)), 10, FMNIST_MEAN, FMNIST_STD)
+
+
+def synthetic_arrays(n, num_classes=10, size=32, seed=0):
+    """Learnable toy images: each class is a fixed smooth colour pattern (the same for every split),
+    each image that pattern, randomly shifted, plus noise."""
+    g = torch.Generator().manual_seed(12345)
+    templates = F.interpolate(torch.randn(num_classes, 3, 4, 4, generator=g), size=size, mode='bilinear',
+                              align_corners=False)                       # (K, 3, size, size)
+    g.manual_seed(seed)
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    shifts = torch.randint(-3, 4, (n, 2), generator=g)
+    x = templates[labels]
+    x = torch.stack([torch.roll(img, (int(dy), int(dx)), (1, 2)) for img, (dy, dx) in zip(x, shifts)])
+    x = 0.5 + 0.2 * x + 0.15 * torch.randn(x.shape, generator=g)
+    images = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    return ArrayData(images, labels, num_classes, SYNTHETIC_MEAN, SYNTHETIC_STD)
+
+
+# --- the search split ---------------------------------------------------------------------------------
+
+def seeded_split(n, train_portion=0.5, seed=0):
+    """Disjoint (train, valid) index tensors: a seeded permutation cut at train_portion * n."""
+    if not 0 < train_portion < 1:
+        raise UserError(f'--train_portion must lie strictly between 0 and 1, got {train_portion}')
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    cut = int(round(n * train_portion))
+    return perm[:cut].clone(), perm[cut:].clone()
+
+
+def read_split_file(path, n):
+    """A NAS-Bench-201 split file: {"train": ["int", ["0", ...]], "valid": ["int", [...]]}."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+        train, valid = ([int(i) for i in doc[k][1]] for k in ('train', 'valid'))
+    except OSError as e:
+        raise UserError(f'cannot read --split_file {path}: {e.strerror}')
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise UserError(f'--split_file {path} is not in the NAS-Bench-201 format '
+                        f'{{"train": ["int", ["0", ...]], "valid": ["int", [...]]}} ({e!r})')
+    bad = [i for i in train + valid if not 0 <= i < n]
+    if bad or set(train) & set(valid):
+        raise UserError(f'--split_file {path} does not fit a training set of {n} images '
+                        f'({"index " + str(bad[0]) + " out of range" if bad else "train and valid overlap"})')
+    return torch.tensor(train, dtype=torch.long), torch.tensor(valid, dtype=torch.long)
+
+
+def write_split_file(path, train_idx, valid_idx):
+    doc = {'train': ['int', [str(int(i)) for i in train_idx]], 'valid': ['int', [str(int(i)) for i in valid_idx]]}
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+
+
+def add_data_args(parser, default_dataset='cifar100'):
+    """The data flags shared by stage 1 and stage 2 (defaults are shown by --help)."""
+    g = parser.add_argument_group('data')
+    g.add_argument('--dataset', default=default_dataset, choices=DATASETS,
+                   help='dataset; the reference hard-codes cifar100')
+    g.add_argument('--data', default=None,
+                   help='dataset folder; None means ./data for CIFAR and /usr/share/datasets/fashion-mnist '
+                        'for Fashion-MNIST')
+    g.add_argument('--download', action='store_true', help='download CIFAR with torchvision (needs internet)')
+    g.add_argument('--split_data', type=int, default=1, choices=[0, 1],
+                   help='1: train on one part of the training set, validate on the other; '
+                        '0: train on all of it, validate on the test set')
+    g.add_argument('--train_portion', type=float, default=0.5,
+                   help='fraction of the training set in the train part (0.5 gives 25k/25k on CIFAR)')
+    g.add_argument('--split_seed', type=int, default=0, help='seed of the split permutation')
+    g.add_argument('--split_file', default=None,
+                   help='NAS-Bench-201 split JSON to use instead of the seeded split')
+    g.add_argument('--train_subset', type=int, default=0, help='use only the first N images of the train part (0: all)')
+    g.add_argument('--valid_subset', type=int, default=0, help='use only the first N images of the valid part (0: all)')
+    g.add_argument('--random_label', type=int, default=0, choices=[0, 1],
+                   help='1: replace every training label by a seeded random class, as RLNAS')
+    return g
+
+
+@dataclass
+class SearchData:
+    train: ArrayData            # the training set (labels randomized when asked)
+    train_idx: torch.Tensor     # indices of the train part
+    valid: ArrayData            # the training set again (split_data 1) or the test set (split_data 0)
+    valid_idx: torch.Tensor
+    num_classes: int
+
+
+def load_search_data(args):
+    """Training set, split into train / valid parts as the data flags say (stage 1 and 2)."""
+    for flag in ('train_subset', 'valid_subset'):
+        if getattr(args, flag) < 0:
+            raise UserError(f'--{flag} must be >= 0 (0 = all images), got {getattr(args, flag)}')
+    train = load_arrays(args.dataset, args.data, train=True, download=args.download)
+    if args.random_label:
+        g = torch.Generator().manual_seed(derive_seed('random_label', args.split_seed))
+        train = ArrayData(train.images, torch.randint(0, train.num_classes, (len(train),), generator=g),
+                          train.num_classes, train.mean, train.std)
+    if args.split_data:
+        if args.split_file:
+            train_idx, valid_idx = read_split_file(args.split_file, len(train))
+        else:
+            train_idx, valid_idx = seeded_split(len(train), args.train_portion, args.split_seed)
+        valid = train
+    else:
+        valid = load_arrays(args.dataset, args.data, train=False, download=args.download)
+        train_idx, valid_idx = torch.arange(len(train)), torch.arange(len(valid))
+    if args.train_subset:
+        train_idx = train_idx[:args.train_subset]
+    if args.valid_subset:
+        valid_idx = valid_idx[:args.valid_subset]
+    return SearchData(train, train_idx, valid, valid_idx, train.num_classes)
+
+
+# --- batches ------------------------------------------------------------------------------------------
+
+def augment_batch(x, generator, pad=4, flip=True, cutout=0):
+    """Random crop (zero padding `pad`), horizontal flip on a float batch (B, C, H, W) in [0, 255]
+    or normalized units; offsets and flips drawn from the CPU `generator`. Cutout is separate."""
+    B, C, H, W = x.shape
+    if pad:
+        oy = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(x.device)
+        ox = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(x.device)
+        padded = F.pad(x, (pad, pad, pad, pad))                             # (B, C, H+2p, W+2p)
+        rows = (oy[:, None] + torch.arange(H, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (ox[:, None] + torch.arange(W, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
+        b = torch.arange(B, device=x.device)[:, None, None, None]
+        c = torch.arange(C, device=x.device)[None, :, None, None]
+        x = padded[b, c, rows, cols]
+    if flip:
+        mask = (torch.rand(B, generator=generator) < 0.5).to(x.device)
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def cutout_batch(x, length, generator):
+    """DARTS cutout: zero a length x length square (clipped at the border) around a uniform centre."""
+    B, _, H, W = x.shape
+    cy = torch.randint(0, H, (B,), generator=generator).to(x.device)
+    cx = torch.randint(0, W, (B,), generator=generator).to(x.device)
+    ys, xs = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
+    in_rows = (ys >= (cy - length // 2).clamp(0, H)[:, None]) & (ys < (cy + length // 2).clamp(0, H)[:, None])
+    in_cols = (xs >= (cx - length // 2).clamp(0, W)[:, None]) & (xs < (cx + length // 2).clamp(0, W)[:, None])
+    keep = ~(in_rows[:, :, None] & in_cols[:, None, :])                   # (B, H, W)
+    return x * keep[:, None].to(x.dtype)
+
+
+class BatchLoader:
+    """Batches of (normalized float images (B, 3, H, W), labels (B,)) from ArrayData[indices].
+
+    shuffle/augment draw from a generator seeded by derive_seed(seed, epoch) (see set_epoch), so
+    epoch e yields the same batches in every run. rank/world_size shard each epoch's order like
+    DistributedSampler (padded by wrapping so every rank gets the same number of batches).
+    """
+
+    def __init__(self, data, indices, batch_size, device, shuffle=False, augment=False, cutout=0, seed=0,
+                 rank=0, world_size=1, drop_last=False, memory_format=torch.contiguous_format):
+        self.data, self.indices = data, torch.as_tensor(indices, dtype=torch.long)
+        self.batch_size, self.device = batch_size, device
+        self.shuffle, self.augment, self.cutout = shuffle, augment, cutout
+        self.seed, self.epoch = seed, 0
+        self.rank, self.world_size = rank, world_size
+        self.drop_last = drop_last
+        self.memory_format = memory_format
+        mean = torch.tensor(data.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
+        std = torch.tensor(data.std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
+        self._mean, self._inv_std = mean, 1.0 / std
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def _order(self, generator):
+        order = self.indices
+        if self.shuffle:
+            order = order[torch.randperm(len(order), generator=generator)]
+        if self.world_size > 1:
+            per_rank = math.ceil(len(order) / self.world_size)
+            order = torch.cat([order, order[:per_rank * self.world_size - len(order)]])
+            order = order[self.rank::self.world_size]
+        return order
+
+    def __len__(self):
+        n = math.ceil(len(self.indices) / self.world_size)
+        # A trailing training batch of one image is dropped: train-mode BN cannot normalize it.
+        if self.drop_last or (self.augment and n % self.batch_size == 1):
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
+
+    def batch(self, idx, generator=None):
+        """One batch for the given dataset indices, on the device, normalized (and augmented)."""
+        x = self.data.images[idx].to(self.device, non_blocking=True).float()   # (B, C, H, W) in [0, 255]
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if self.augment:
+            x = augment_batch(x, generator)
+        x = (x - self._mean) * self._inv_std
+        if self.augment and self.cutout:
+            x = cutout_batch(x, self.cutout, generator)
+        x = x.contiguous(memory_format=self.memory_format)
+        return x, self.data.labels[idx].to(self.device, non_blocking=True)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.rank))
+        order = self._order(torch.Generator().manual_seed(derive_seed(self.seed, self.epoch)))
+        for b in range(len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            yield self.batch(idx, g)

@@ -1,0 +1,127 @@
+"""Candidate operations of the DARTS space: `OPS[name](C, stride, affine) -> nn.Module`.
+
+Every op maps C channels to C channels; stride 2 halves the spatial size. Module names inside each
+op (`op.{n}`, `conv_1`, `conv_2`, `bn`) are fixed by the reference checkpoints (SPEC section 6).
+This module is a leaf: it imports nothing from the project.
+"""
+import torch
+import torch.nn as nn
+
+OPS = {
+    'none': lambda C, stride, affine: Zero(stride),
+    'avg_pool_3x3': lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
+    'max_pool_3x3': lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
+    'skip_connect': lambda C, stride, affine: Identity() if stride == 1 else FactorizedReduce(C, C, affine=affine),
+    'sep_conv_3x3': lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine=affine),
+    'sep_conv_5x5': lambda C, stride, affine: SepConv(C, C, 5, stride, 2, affine=affine),
+    'sep_conv_7x7': lambda C, stride, affine: SepConv(C, C, 7, stride, 3, affine=affine),
+    'dil_conv_3x3': lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
+    'dil_conv_5x5': lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
+    'conv_7x1_1x7': lambda C, stride, affine: Conv7x1x1x7(C, stride, affine=affine),
+}
+
+
+class ReLUConvBN(nn.Module):
+    """ReLU, kxk conv, BN (cell preprocessing uses k=1). Keys: op.1 (conv), op.2 (BN)."""
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class DilConv(nn.Module):
+    """ReLU, depthwise kxk conv (dilation 2), pointwise 1x1, BN. Keys: op.1, op.2 (convs), op.3 (BN)."""
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                      groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, 1, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class SepConv(nn.Module):
+    """Two (ReLU, depthwise kxk, pointwise 1x1, BN) blocks, the first with the stride.
+    Keys: op.1, op.2, op.5, op.6 (convs), op.3, op.7 (BNs)."""
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_in, 1, bias=False),
+            nn.BatchNorm2d(C_in, affine=affine),
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel_size, stride=1, padding=padding, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, 1, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Conv7x1x1x7(nn.Module):
+    """ReLU, 1x7 conv, 7x1 conv, BN (NASNet / AmoebaNet only). Keys: op.1, op.2, op.3."""
+
+    def __init__(self, C, stride, affine=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C, C, (1, 7), stride=(1, stride), padding=(0, 3), bias=False),
+            nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
+            nn.BatchNorm2d(C, affine=affine),
+        )
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class Zero(nn.Module):
+    """The `none` op: zeros of the output shape (stride 2 keeps every other row and column)."""
+
+    def __init__(self, stride):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        if self.stride == 1:
+            return x.mul(0.)
+        return x[:, :, ::self.stride, ::self.stride].mul(0.)
+
+
+class FactorizedReduce(nn.Module):
+    """Stride-2 'skip': ReLU, two 1x1 stride-2 convs (C_in -> C_out/2 each), the second on the input
+    shifted by one pixel (x[:, :, 1:, 1:]), concatenated on channels, BN."""
+
+    def __init__(self, C_in, C_out, affine=True):
+        super().__init__()
+        assert C_out % 2 == 0, 'FactorizedReduce needs an even number of output channels'
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x):
+        x = self.relu(x)
+        # (N, C_out/2, ceil(H/2), ceil(W/2)) each; equal sizes need even H and W, as in DARTS.
+        out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
+        return self.bn(out)

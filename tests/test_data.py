@@ -1,0 +1,130 @@
+import gzip
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import data as D
+from utils import UserError
+
+
+def test_seeded_split_is_disjoint_complete_and_scaled():
+    tr, va = D.seeded_split(50000, 0.5, seed=0)
+    assert len(tr) == len(va) == 25000
+    assert len(set(tr.tolist()) | set(va.tolist())) == 50000
+    tr2, _ = D.seeded_split(50000, 0.5, seed=0)
+    assert torch.equal(tr, tr2)
+    tr3, va3 = D.seeded_split(60000, 0.5, seed=1)
+    assert len(tr3) == len(va3) == 30000 and not torch.equal(tr3[:100], tr[:100])
+
+
+def test_split_file_roundtrip_and_errors(tmp_path):
+    tr, va = D.seeded_split(100, 0.5, 3)
+    D.write_split_file(tmp_path / 's.json', tr, va)
+    tr2, va2 = D.read_split_file(tmp_path / 's.json', 100)
+    assert torch.equal(tr, tr2) and torch.equal(va, va2)
+    with pytest.raises(UserError, match='does not fit'):
+        D.read_split_file(tmp_path / 's.json', 50)
+    (tmp_path / 'bad.json').write_text('{"train": [1, 2]}')
+    with pytest.raises(UserError, match='NAS-Bench-201'):
+        D.read_split_file(tmp_path / 'bad.json', 100)
+
+
+def test_augment_crops_are_windows_of_the_zero_padded_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(256, 3, 8, 8) + 1.0                # strictly positive, so padding is recognisable
+    y = D.augment_batch(x, g, pad=4, flip=True)
+    padded = F.pad(x, (4, 4, 4, 4))
+    offsets, flips = set(), 0
+    for i in range(len(x)):
+        found = [(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)
+                 if torch.equal(y[i], (padded[i, :, dy:dy + 8, dx:dx + 8].flip(2) if f
+                                       else padded[i, :, dy:dy + 8, dx:dx + 8]))]
+        assert found, i
+        dy, dx, f = found[0]
+        offsets.add((dy, dx))
+        flips += f
+    assert len(offsets) > 60                          # offsets spread over the 9 x 9 range
+    assert 80 < flips < 176                           # about half flipped
+
+
+def test_cutout_zeroes_one_clipped_square():
+    g = torch.Generator().manual_seed(0)
+    x = torch.ones(64, 3, 32, 32)
+    y = D.cutout_batch(x, 16, g)
+    zeros = (y[:, 0] == 0).sum(dim=(1, 2))
+    assert (zeros <= 256).all() and (zeros > 0).all() and (zeros == 256).any()
+    assert torch.equal(y[:, 0] == 0, y[:, 2] == 0)     # same square on every channel
+
+
+def test_batch_loader_is_deterministic_per_epoch_and_shards():
+    data = D.synthetic_arrays(100)
+    idx = torch.arange(100)
+    a = D.BatchLoader(data, idx, 16, 'cpu', shuffle=True, augment=True, seed=7)
+    b = D.BatchLoader(data, idx, 16, 'cpu', shuffle=True, augment=True, seed=7)
+    first = [(x.clone(), y.clone()) for x, y in a]
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(first, b))
+    a.set_epoch(1)
+    assert not torch.equal(next(iter(a))[1], first[0][1])
+    shards = [D.BatchLoader(data, idx, 16, 'cpu', shuffle=True, seed=7, rank=r, world_size=2) for r in range(2)]
+    seen = torch.cat([y for s in shards for _, y in s])
+    assert len(seen) == 100 and len(shards[0]) == len(shards[1]) == 4
+
+
+def test_eval_batches_are_normalized_in_order():
+    data = D.synthetic_arrays(10)
+    x, y = next(iter(D.BatchLoader(data, torch.arange(10), 10, 'cpu')))
+    expected = (data.images.float() / 255 - torch.tensor(data.mean).view(1, 3, 1, 1)) / torch.tensor(data.std).view(1, 3, 1, 1)
+    assert torch.allclose(x, expected, atol=1e-5) and torch.equal(y, data.labels)
+
+
+def test_trailing_singleton_training_batch_is_dropped():
+    data = D.synthetic_arrays(33)
+    assert len(D.BatchLoader(data, torch.arange(33), 16, 'cpu', augment=True)) == 2
+    assert len(D.BatchLoader(data, torch.arange(33), 16, 'cpu')) == 3
+
+
+def test_synthetic_classes_are_learnable():
+    train, test = D.synthetic_arrays(512, seed=0), D.synthetic_arrays(256, seed=1)
+    # nearest class mean on raw pixels already beats chance by far
+    means = torch.stack([train.images[train.labels == k].float().mean(0) for k in range(10)])
+    dist = ((test.images.float()[:, None] - means[None]) ** 2).sum(dim=(2, 3, 4))
+    assert (dist.argmin(1) == test.labels).float().mean() > 0.5
+
+
+def test_unknown_dataset_and_missing_cifar():
+    with pytest.raises(UserError, match='unknown --dataset'):
+        D.load_arrays('mnist')
+    with pytest.raises(UserError, match='--download'):
+        D.load_arrays('cifar10', '/nonexistent')
+
+
+def test_random_labels_are_seeded(tmp_path):
+    import argparse
+    args = argparse.Namespace(dataset='synthetic', data=None, download=False, split_data=1, train_portion=0.5,
+                              split_seed=0, split_file=None, train_subset=0, valid_subset=0, random_label=1)
+    a, b = D.load_search_data(args), D.load_search_data(args)
+    true = D.load_arrays('synthetic').labels
+    assert torch.equal(a.train.labels, b.train.labels)
+    assert (a.train.labels == true).float().mean() < 0.3
+
+
+def test_fashion_mnist_is_padded_to_32_with_3_channels(fmnist):
+    d = D.load_arrays('fashion-mnist', fmnist, train=False)
+    assert d.images.shape == (10000, 1, 32, 32) and d.num_classes == 10
+    assert d.images[:, :, :2].sum() == 0 and d.images[:, :, :, -2:].sum() == 0
+    assert set(d.labels.unique().tolist()) == set(range(10))
+    x, _ = next(iter(D.BatchLoader(d, torch.arange(8), 8, 'cpu')))
+    assert x.shape == (8, 3, 32, 32)
+
+
+def test_partial_or_corrupt_fashion_mnist(fmnist, tmp_path):
+    shutil.copy(f'{fmnist}/train-images-idx3-ubyte.gz', tmp_path)
+    with pytest.raises(UserError, match='train-labels-idx1-ubyte.gz not found'):
+        D.load_arrays('fashion-mnist', tmp_path)
+    raw = gzip.open(f'{fmnist}/train-labels-idx1-ubyte.gz').read()
+    with gzip.open(tmp_path / 'train-labels-idx1-ubyte.gz', 'wb') as f:
+        f.write(raw[:1000])                             # truncated
+    with pytest.raises(UserError, match='truncated or corrupted'):
+        D.load_arrays('fashion-mnist', tmp_path)

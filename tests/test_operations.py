@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+import genotypes as G
+from operations import OPS, FactorizedReduce, Zero
+
+
+def test_every_primitive_and_extra_op_has_a_constructor():
+    assert set(G.PRIMITIVES) | set(G.EXTRA_OPS) == set(OPS)
+
+
+@pytest.mark.parametrize('name', sorted(OPS))
+@pytest.mark.parametrize('C', [4, 8])
+@pytest.mark.parametrize('stride', [1, 2])
+def test_op_output_shape(name, C, stride):
+    torch.manual_seed(0)
+    op = OPS[name](C, stride, True)
+    x = torch.randn(2, C, 8, 8)
+    y = op(x)
+    assert y.shape == (2, C, 8 // stride, 8 // stride)
+    assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize('stride', [1, 2])
+def test_none_gives_zeros(stride):
+    x = torch.randn(2, 4, 8, 8)
+    y = Zero(stride)(x)
+    assert y.shape == (2, 4, 8 // stride, 8 // stride) and not y.any()
+
+
+def test_factorized_reduce_uses_the_shifted_input():
+    torch.manual_seed(0)
+    fr = FactorizedReduce(4, 4).eval()
+    x = torch.rand(1, 4, 8, 8) + 0.1          # positive, so the ReLU passes it unchanged
+    base = fr(x)
+    even, odd = x.clone(), x.clone()
+    even[0, :, 0, 0] += 1.0                    # a pixel only conv_1 (unshifted, stride 2) sees
+    odd[0, :, 1, 1] += 1.0                     # a pixel only conv_2 (input shifted by one) sees
+    d_even, d_odd = (fr(even) - base).abs(), (fr(odd) - base).abs()
+    assert d_even[:, :2].sum() > 0 and d_even[:, 2:].sum() == 0
+    assert d_odd[:, 2:].sum() > 0 and d_odd[:, :2].sum() == 0
+    assert d_odd[0, 2:, 0, 0].sum() > 0        # lands at output (0, 0) of the second half
+
+
+def test_avg_pool_excludes_padding():
+    op = OPS['avg_pool_3x3'](1, 1, True)
+    y = op(torch.ones(1, 1, 4, 4))
+    assert torch.allclose(y, torch.ones_like(y))   # corners average 4 ones, not 4/9
+
+
+def test_state_dict_names_match_the_reference_layout():
+    assert set(OPS['sep_conv_3x3'](4, 1, True).state_dict()) >= {'op.1.weight', 'op.2.weight', 'op.3.weight',
+                                                                  'op.5.weight', 'op.6.weight', 'op.7.bias'}
+    assert set(OPS['dil_conv_5x5'](4, 1, True).state_dict()) >= {'op.1.weight', 'op.2.weight', 'op.3.running_var'}
+    assert {'conv_1.weight', 'conv_2.weight', 'bn.weight'} <= set(OPS['skip_connect'](4, 2, True).state_dict())
+    assert OPS['dil_conv_3x3'](4, 1, True).op[1].dilation == (2, 2)

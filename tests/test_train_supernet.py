@@ -1,0 +1,116 @@
+"""Stage 1 through its CLI: exact resume, checkpoints, bad input, and real data."""
+import json
+
+import pytest
+import torch
+
+from conftest import run_script, snapshot_dir
+from train_supernet import train
+from train_supernet.super_model import Network
+from utils import read_metrics, run_cli
+
+TINY = ['--dataset', 'synthetic', '--init_channels', 4, '--layers', 3, '--batch_size', 32, '--train_subset', 192,
+        '--valid_subset', 64, '--valid_bn_images', 64, '--seed', 3, '--report_freq', 2]
+VOLATILE = {'epoch_time', 'images_per_s'}
+
+
+def _cli(argv, capsys):
+    """Run the stage-1 CLI in-process; returns (exit status, stderr)."""
+    try:
+        run_cli(train.main, train.parse_args, [str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight, split = tmp_path / 'straight', tmp_path / 'split'
+    run_script('train_supernet/train.py', *TINY, '--epochs', 3, '--save', straight)
+    run_script('train_supernet/train.py', *TINY, '--epochs', 3, '--save', split, '--stop_after', 1)
+    assert json.loads((split / 'metrics.jsonl').read_text().splitlines()[-1])['epoch'] == 1
+    run_script('train_supernet/train.py', *TINY, '--epochs', 3, '--resume', split / 'last.pth.tar')
+
+    a, b = torch.load(straight / 'last.pth.tar'), torch.load(split / 'last.pth.tar')
+    assert a['epoch'] == b['epoch'] == 3
+    for k, v in a['state_dict'].items():
+        assert torch.equal(v, b['state_dict'][k]), k
+    for k, v in a['optimizer']['state'].items():
+        assert torch.equal(v['momentum_buffer'], b['optimizer']['state'][k]['momentum_buffer'])
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in VOLATILE} for r in recs]   # noqa: E731
+    assert strip(read_metrics(straight / 'metrics.jsonl')) == strip(read_metrics(split / 'metrics.jsonl'))
+    assert len(read_metrics(straight / 'metrics.jsonl')) == 3
+
+
+def test_checkpoints_layout_and_initial_weights(tmp_path):
+    run = tmp_path / 'run'
+    run_script('train_supernet/train.py', *TINY, '--epochs', 2, '--save_freq', 5, '--save', run)
+    files = {p.name for p in run.iterdir()}
+    assert {'checkpoint_epoch_0.pth.tar', 'checkpoint_epoch_2.pth.tar', 'last.pth.tar', 'split.json', 'log.txt',
+            'args.json', 'metrics.jsonl', 'tb'} <= files
+    init, final = torch.load(run / 'checkpoint_epoch_0.pth.tar'), torch.load(run / 'checkpoint_epoch_2.pth.tar')
+    assert init['epoch'] == 0 and final['epoch'] == 2 and {'state_dict', 'optimizer'} <= set(final)
+    # the initial checkpoint is the seeded initialization, before any step
+    torch.manual_seed(3)
+    fresh = Network(4, 10, 3)
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, init['state_dict'][k]), k
+    assert not torch.equal(init['state_dict']['stem.0.weight'], final['state_dict']['stem.0.weight'])
+    # reference-style loading: strict, from the plain state_dict
+    Network(final['init_channels'], final['num_classes'], final['layers']).load_state_dict(final['state_dict'])
+    recs = read_metrics(run / 'metrics.jsonl')
+    assert [r['epoch'] for r in recs] == [1, 2] and 0 <= recs[-1]['valid_acc'] <= 1
+    assert recs[1]['lr'] < recs[0]['lr'] == 0.025
+
+
+def test_inplace_zeroing_keeps_decaying_unsampled_ops(tmp_path):
+    """PyTorch 1.7 semantics: an op sampled once keeps getting weight decay after it leaves the path."""
+    results = {}
+    for mode in ('inplace', 'none'):
+        run = tmp_path / mode
+        args = train.parse_args([str(a) for a in TINY] + ['--epochs', '1', '--zero_grad', mode, '--save', str(run)])
+        train.main(args)
+        results[mode] = torch.load(run / 'last.pth.tar')
+    # with set_to_none only the last step's path holds gradients; in place, every op ever sampled does
+    assert set(results['none']['grad_mask']) < set(results['inplace']['grad_mask'])
+    a, b = results['inplace']['state_dict'], results['none']['state_dict']
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.endswith('weight'))
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--epochs', 0], '--epochs must be >= 1'),
+    (['--dataset', 'mnist'], "invalid choice: 'mnist'"),
+    (['--dataset', 'fashion-mnist', '--data', '/nonexistent/fmnist'], 'not found in /nonexistent/fmnist'),
+    (['--dataset', 'cifar10', '--data', '/nonexistent/cifar'], 'CIFAR-10 not found'),
+])
+def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
+    code, err = _cli(argv + ['--save', tmp_path / 'run'], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert not (tmp_path / 'run').exists()
+
+
+def test_resume_of_another_shape_and_existing_run_overwrite_nothing(tmp_path, capsys):
+    run = tmp_path / 'run'
+    assert _cli(TINY + ['--epochs', 1, '--save', run], capsys)[0] == 0
+    before = snapshot_dir(run)
+    code, err = _cli(TINY + ['--epochs', 2, '--init_channels', 8, '--resume', run / 'last.pth.tar'], capsys)
+    assert code == 2 and 'shape mismatches' in err and 'checkpoint (' in err and len(err.strip().splitlines()) == 1
+    code, err = _cli(TINY + ['--epochs', 2, '--save', run], capsys)
+    assert code == 2 and 'already holds a run' in err
+    code, err = _cli(TINY + ['--epochs', 2, '--resume', run / 'checkpoint_epoch_0.pth.tar'], capsys)
+    assert code == 2 and 'not a resumable' in err
+    assert snapshot_dir(run) == before
+
+
+def test_fashion_mnist_supernet_beats_chance(fmnist_supernet):
+    recs = read_metrics(fmnist_supernet / 'metrics.jsonl')
+    assert [r['epoch'] for r in recs] == [1, 2]
+    assert recs[-1]['valid_acc'] > 0.5, recs
+    assert recs[-1]['train_loss'] < recs[0]['train_loss']
+
+
+def test_runs_from_its_own_folder_as_the_reference_documents(tmp_path):
+    from conftest import ROOT
+    run_script('train_supernet/train.py', *TINY, '--epochs', 1, '--save', tmp_path / 'run', cwd=ROOT / 'train_supernet')
+    assert (tmp_path / 'run' / 'checkpoint_epoch_1.pth.tar').exists()

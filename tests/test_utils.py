@@ -1,0 +1,99 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import utils
+from utils import UserError
+
+
+def test_parse_stds():
+    assert utils.parse_stds('0.001,0.003,0.006') == [0.001, 0.003, 0.006]
+    assert utils.parse_stds('0.01') == [0.01]
+    for bad in ['', '0.003,0.001', '0.001,0.001', '0,0.1', '-0.1,0.2', 'a,b', 'nan']:
+        with pytest.raises(UserError, match='stds'):
+            utils.parse_stds(bad)
+
+
+def test_topk_correct_by_hand():
+    logits = torch.tensor([[0.1, 0.5, 0.4],     # top1 = 1, top2 = {1, 2}
+                           [0.9, 0.05, 0.05],   # top1 = 0
+                           [0.2, 0.3, 0.5]])    # top1 = 2, top2 = {2, 1}
+    target = torch.tensor([2, 0, 0])
+    assert utils.topk_correct(logits, target, (1, 2, 3)) == [1, 2, 3]
+
+
+def test_count_macs_and_parameters_by_hand():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    macs = utils.count_macs(model, torch.zeros(1, 3, 8, 8))
+    assert macs == 4 * 3 * 9 * 64 + 256 * 10
+    assert utils.count_parameters(model) == 4 * 3 * 9 + 256 * 10 + 10
+
+
+def test_count_parameters_skips_auxiliary():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Linear(2, 3)
+            self.auxiliary_head = nn.Linear(3, 4)
+    assert utils.count_parameters(M()) == 9
+    assert utils.count_parameters(M(), skip=None) == 9 + 16
+
+
+def test_checkpoint_is_atomic_and_weights_only(tmp_path):
+    path = tmp_path / 'c.pth.tar'
+    utils.save_checkpoint({'w': torch.arange(3), 'rng': utils.get_rng_state(), 'epoch': 2}, path)
+    assert path.exists() and not (tmp_path / 'c.pth.tar.tmp').exists()
+    ck = utils.load_checkpoint(path)
+    assert torch.equal(ck['w'], torch.arange(3)) and ck['epoch'] == 2
+    (tmp_path / 'junk.pth.tar').write_bytes(b'not a checkpoint')
+    with pytest.raises(UserError, match='cannot load checkpoint'):
+        utils.load_checkpoint(tmp_path / 'junk.pth.tar')
+    with pytest.raises(UserError, match='does not exist'):
+        utils.load_checkpoint(tmp_path / 'missing.pth.tar')
+
+
+def test_rng_state_roundtrip_through_a_checkpoint(tmp_path):
+    utils.seed_everything(5)
+    utils.save_checkpoint({'rng': utils.get_rng_state()}, tmp_path / 'r.pt')
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    utils.seed_everything(99)
+    utils.set_rng_state(utils.load_checkpoint(tmp_path / 'r.pt')['rng'])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_derive_seed_is_a_pure_function():
+    assert utils.derive_seed(1, 'x', [1, 2]) == utils.derive_seed(1, 'x', [1, 2])
+    assert utils.derive_seed(1, 'x', [1, 2]) != utils.derive_seed(1, 'x', [2, 1])
+    assert 0 <= utils.derive_seed('a') < 2**63
+
+
+def test_load_state_checked_names_the_shapes():
+    small, big = nn.Linear(2, 3), nn.Linear(2, 4)
+    with pytest.raises(UserError, match=r'weight: checkpoint \(4, 2\) vs model \(3, 2\)'):
+        utils.load_state_checked(small, big.state_dict(), 'x.pth')
+    prefixed = {f'module.{k}': v for k, v in small.state_dict().items()}
+    utils.load_state_checked(nn.Linear(2, 3), prefixed, 'ddp.pth')   # DDP prefix is stripped
+
+
+def test_run_dir_metrics_and_truncation(tmp_path):
+    import argparse
+    run = utils.Run(tmp_path / 'run', argparse.Namespace(a=1), tensorboard=False)
+    for e in range(1, 4):
+        run.log_metrics({'epoch': e, 'loss': 1.0 / e})
+    run.truncate_metrics('epoch', 2)
+    assert [r['epoch'] for r in utils.read_metrics(run.metrics_file)] == [1, 2]
+    assert (tmp_path / 'run' / 'args.json').read_text().strip().startswith('{')
+    assert (tmp_path / 'run' / 'log.txt').exists()
+
+
+def test_cli_errors_exit_2_with_one_line(capsys):
+    def main(args):
+        raise UserError('something is wrong; do X')
+    with pytest.raises(SystemExit) as e:
+        utils.run_cli(main, lambda argv: None, [])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == 'error: something is wrong; do X'

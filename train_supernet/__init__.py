@@ -1,0 +1,1 @@
+"""Stage 1: single-path one-shot (SPOS) supernet over the DARTS space."""

@@ -1,0 +1,263 @@
+"""Stage 1: train the SPOS supernet with uniform single-path sampling (SPEC section 3).
+
+    cd train_supernet
+    python3 train.py --seed 1 --data ../data --epochs 250 --save ../runs/supernet-c100 \
+        --random_label 0 --split_data 1                     # CIFAR-100 as the reference
+    python3 train.py --dataset fashion-mnist --epochs 2 --init_channels 8 --layers 5   # offline, CPU
+    python3 train.py --resume ../runs/supernet-c100/last.pth.tar                       # after a crash
+
+Writes to --save: checkpoint_epoch_0.pth.tar (initial weights, needed by the angle metric),
+checkpoint_epoch_{N}.pth.tar every --save_freq epochs and at the end, last.pth.tar (everything to
+resume exactly), split.json, log.txt, args.json, metrics.jsonl and TensorBoard events in tb/.
+"""
+import argparse
+import itertools
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+import genotypes  # noqa: E402
+from data import BatchLoader, add_data_args, load_search_data, write_split_file  # noqa: E402
+from train_supernet.super_model import Network  # noqa: E402
+from utils import (ArgumentParser, Run, UserError, check_new_run_dir, choose_device, default_run_dir,  # noqa: E402
+                   derive_seed, get_rng_state, load_checkpoint, load_state_checked, logger, progress,
+                   run_cli, save_checkpoint, seed_everything, set_rng_state, topk_correct)
+
+LAST = 'last.pth.tar'
+
+
+def get_args_parser():
+    p = ArgumentParser(description='Stage 1: SPOS supernet training (GeNAS).')
+    add_data_args(p, default_dataset='cifar100')
+    g = p.add_argument_group('training (reference flags)')
+    g.add_argument('--batch_size', type=int, default=64, help='batch size')
+    g.add_argument('--learning_rate', type=float, default=0.025, help='initial SGD learning rate')
+    g.add_argument('--learning_rate_min', type=float, default=0.001, help='cosine schedule floor')
+    g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
+    g.add_argument('--weight_decay', type=float, default=3e-4, help='SGD weight decay')
+    g.add_argument('--epochs', type=int, default=250, help='training epochs')
+    g.add_argument('--init_channels', type=int, default=16, help='channels of the first cell (C)')
+    g.add_argument('--layers', type=int, default=8, help='number of cells')
+    g.add_argument('--grad_clip', type=float, default=5.0, help='gradient norm clip (0: off)')
+    g.add_argument('--seed', type=int, default=2, help='seed of weights, paths and augmentation')
+    g.add_argument('--save', default=None, help='run directory; None means runs/supernet-<dataset>-<time>')
+    g.add_argument('--report_freq', type=int, default=50, help='log a line every N steps')
+    g = p.add_argument_group('additions')
+    g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='where to train')
+    g.add_argument('--workers', type=int, default=0,
+                   help='unused for in-memory datasets (batches are augmented on the device); kept for '
+                        'command-line compatibility')
+    g.add_argument('--resume', default=None, help='last.pth.tar (or its run directory) to continue from')
+    g.add_argument('--save_freq', type=int, default=5, help='write checkpoint_epoch_N every N epochs')
+    g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
+                   help='channels-last memory format (1.8x faster supernet training on CPU, measured)')
+    g.add_argument('--valid_bn_images', type=int, default=1280,
+                   help='before each epoch\'s validation, re-estimate the BN statistics of the validated path on '
+                        'this many training images (restored afterwards); 0: use the running statistics as the '
+                        'reference does, which gives near-chance accuracy early in training')
+    g.add_argument('--zero_grad', default='inplace', choices=['inplace', 'none'],
+                   help='inplace: zero gradients in place as PyTorch 1.7 did, so every op sampled once keeps '
+                        'getting weight decay and momentum (the published supernets); none: set them to None')
+    g.add_argument('--scheduler_step_first', action='store_true',
+                   help="step the LR scheduler before each epoch, as the reference does (its bug: epoch e "
+                        "trains at the rate meant for e+1)")
+    g.add_argument('--stop_after', type=int, default=0,
+                   help='stop after N epochs of this invocation, resumable (for time-limited jobs; 0: off)')
+    return p
+
+
+def parse_args(argv=None):
+    args = get_args_parser().parse_args(argv)
+    checks = [(args.epochs >= 1, '--epochs must be >= 1'), (args.batch_size >= 2, '--batch_size must be >= 2'),
+              (args.learning_rate > 0, '--learning_rate must be > 0'), (args.layers >= 3, '--layers must be >= 3'),
+              (args.init_channels >= 1, '--init_channels must be >= 1'), (args.save_freq >= 1, '--save_freq must be >= 1'),
+              (args.report_freq >= 1, '--report_freq must be >= 1'), (args.stop_after >= 0, '--stop_after must be >= 0')]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(msg)
+    if args.resume and os.path.isdir(args.resume):
+        args.resume = os.path.join(args.resume, LAST)
+    if args.save is None:
+        args.save = os.path.dirname(args.resume) if args.resume else default_run_dir(f'supernet-{args.dataset}')
+    return args
+
+
+def model_meta(args, num_classes):
+    """What stage 2 needs to rebuild the supernet from a checkpoint alone."""
+    return {'init_channels': args.init_channels, 'layers': args.layers, 'num_classes': num_classes,
+            'dataset': args.dataset}
+
+
+def train_step(model, x, y, candidate, optimizer, criterion, grad_clip, set_to_none=False):
+    """One SPOS step on one path: forward, cross-entropy, backward, clip, SGD. Returns (logits, loss)."""
+    optimizer.zero_grad(set_to_none=set_to_none)
+    logits = model.forward_candidate(x, candidate)
+    loss = criterion(logits, y)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return logits, loss
+
+
+def train_one_epoch(model, loader, optimizer, criterion, path_rng, args, epoch, device):
+    """One epoch of SPOS: every step a fresh uniformly random (repaired) path."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = seen = 0
+    set_to_none = args.zero_grad == 'none'
+    bar = progress(loader, desc=f'epoch {epoch + 1}/{args.epochs}', total=len(loader))
+    for step, (x, y) in enumerate(bar):
+        cand = genotypes.random_candidate(path_rng)
+        logits, loss = train_step(model, x, y, cand, optimizer, criterion, args.grad_clip, set_to_none)
+        loss_sum += loss.detach().double() * len(y)
+        correct += topk_correct(logits.detach(), y)[0]
+        seen += len(y)
+        if (step + 1) % args.report_freq == 0 or step + 1 == len(loader):
+            avg = loss_sum.item() / seen
+            if not torch.isfinite(torch.tensor(avg)):
+                raise UserError(f'training loss became {avg} at epoch {epoch + 1} step {step + 1}; lower '
+                                f'--learning_rate or --grad_clip and resume from {os.path.join(args.save, LAST)}')
+            bar.set_postfix(loss=f'{avg:.3f}', acc=f'{100 * correct / seen:.1f}%')
+            if (step + 1) % args.report_freq == 0:
+                logger.info('train epoch %d step %03d/%d loss %.4f acc %.2f%%', epoch + 1, step + 1, len(loader),
+                            avg, 100 * correct / seen)
+    return loss_sum.item() / max(seen, 1), correct / max(seen, 1), seen
+
+
+@torch.no_grad()
+def evaluate_path(model, loader, candidate, criterion):
+    """Loss and top-1 of one candidate path over a loader, in eval mode."""
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for x, y in loader:
+        logits = model.forward_candidate(x, candidate)
+        loss_sum += criterion(logits, y).item() * len(y)
+        correct += topk_correct(logits, y)[0]
+        seen += len(y)
+    return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+
+def validate_random_path(model, data, args, epoch, valid_loader, criterion, memory_format):
+    """Validation of one random path (seeded by the epoch), after re-estimating its BN statistics on
+    --valid_bn_images training images; the supernet's own BN buffers are restored afterwards."""
+    cand = genotypes.random_candidate(random.Random(derive_seed(args.seed, 'valid', epoch)))
+    with model.preserved_path(cand):
+        if args.valid_bn_images:
+            bn_loader = BatchLoader(data.train, data.train_idx, args.batch_size, valid_loader.device, shuffle=True,
+                                    augment=True, seed=derive_seed(args.seed, 'valid_bn'), memory_format=memory_format)
+            bn_loader.set_epoch(epoch)
+            n_batches = math.ceil(args.valid_bn_images / args.batch_size)
+            model.recalibrate_bn(cand, itertools.islice(bn_loader, n_batches))
+        return evaluate_path(model, valid_loader, cand, criterion)
+
+
+def _resume_state(args, model, optimizer, scheduler):
+    """Load last.pth.tar into model/optimizer/scheduler; returns (epoch, path_rng state, rng state)."""
+    ckpt = load_checkpoint(args.resume)
+    if not isinstance(ckpt, dict) or 'scheduler' not in ckpt or 'path_rng' not in ckpt:
+        raise UserError(f'{args.resume} is not a resumable stage-1 checkpoint (it lacks scheduler / RNG state); '
+                        f'pass the {LAST} of a run directory')
+    load_state_checked(model, ckpt['state_dict'], args.resume)
+    optimizer.load_state_dict(ckpt['optimizer'])
+    scheduler.load_state_dict(ckpt['scheduler'])
+    scheduler.T_max = args.epochs
+    # Ops sampled before the crash had zero (not None) gradients: restore that so in-place zeroing keeps
+    # applying weight decay and momentum to them exactly as an uninterrupted run would.
+    params = dict(model.named_parameters())
+    for name in ckpt.get('grad_mask', []):
+        params[name].grad = torch.zeros_like(params[name])
+    old = ckpt.get('args', {})
+    changed = [k for k in ('dataset', 'batch_size', 'learning_rate', 'seed', 'epochs', 'zero_grad', 'split_seed')
+               if k in old and old[k] != getattr(args, k)]
+    if changed:
+        logger.warning('resuming with changed flags %s: the run will differ from an uninterrupted one',
+                       ', '.join(f'{k} {old[k]} -> {getattr(args, k)}' for k in changed))
+    return ckpt['epoch'], ckpt['path_rng'], ckpt['rng']
+
+
+def main(args):
+    device = choose_device(args.device)
+    seed_everything(args.seed)
+    data = load_search_data(args)                 # raises before anything is written
+    model = Network(args.init_channels, data.num_classes, args.layers).to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
+    path_rng = random.Random(args.seed)           # the same on every rank: one path per step
+    start_epoch = 0
+    if args.resume:
+        start_epoch, path_state, rng_state = _resume_state(args, model, optimizer, scheduler)
+        path_rng.setstate((path_state[0], tuple(path_state[1]), path_state[2]))
+        set_rng_state(rng_state)
+        if start_epoch >= args.epochs:
+            raise UserError(f'{args.resume} already finished {start_epoch} epochs; raise --epochs to train further')
+    check_new_run_dir(args.save, LAST, resuming=bool(args.resume))
+
+    run = Run(args.save, args)
+    meta = model_meta(args, data.num_classes)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info('supernet C=%d layers=%d classes=%d: %d parameters; train %d / valid %d images; device %s',
+                args.init_channels, args.layers, data.num_classes, n_params, len(data.train_idx),
+                len(data.valid_idx), device)
+    if args.resume:
+        run.truncate_metrics('epoch', start_epoch)
+        logger.info('resumed from %s after epoch %d', args.resume, start_epoch)
+    else:
+        write_split_file(run.path / 'split.json', data.train_idx, data.valid_idx)
+        save_checkpoint({'epoch': 0, 'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                         'args': vars(args), **meta}, run.path / 'checkpoint_epoch_0.pth.tar')
+
+    train_loader = BatchLoader(data.train, data.train_idx, args.batch_size, device, shuffle=True, augment=True,
+                               seed=derive_seed(args.seed, 'train'), memory_format=memory_format)
+    valid_loader = BatchLoader(data.valid, data.valid_idx, args.batch_size, device, memory_format=memory_format)
+    criterion = nn.CrossEntropyLoss()
+    record = {}
+    for epoch in range(start_epoch, args.epochs):
+        if args.scheduler_step_first:
+            scheduler.step()
+        lr = optimizer.param_groups[0]['lr']
+        train_loader.set_epoch(epoch)
+        t0 = time.time()
+        train_loss, train_acc, seen = train_one_epoch(model, train_loader, optimizer, criterion, path_rng, args,
+                                                      epoch, device)
+        train_time = time.time() - t0
+        valid_loss, valid_acc = validate_random_path(model, data, args, epoch, valid_loader, criterion,
+                                                     memory_format)
+        if not args.scheduler_step_first:
+            scheduler.step()
+        record = {'epoch': epoch + 1, 'lr': lr, 'train_loss': train_loss, 'train_acc': train_acc,
+                  'valid_loss': valid_loss, 'valid_acc': valid_acc, 'epoch_time': time.time() - t0,
+                  'images_per_s': seen / train_time}
+        logger.info('epoch %d/%d lr %.5f train loss %.4f acc %.2f%% | valid loss %.4f acc %.2f%% | %.1fs, %.0f img/s',
+                    epoch + 1, args.epochs, lr, train_loss, 100 * train_acc, valid_loss, 100 * valid_acc,
+                    record['epoch_time'], record['images_per_s'])
+        run.log_metrics(record, step=epoch + 1)
+        state = {'epoch': epoch + 1, 'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                 'args': vars(args), **meta}
+        if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.epochs:
+            save_checkpoint(state, run.path / f'checkpoint_epoch_{epoch + 1}.pth.tar')
+        state.update(scheduler=scheduler.state_dict(), rng=get_rng_state(),
+                     path_rng=list(path_rng.getstate()),
+                     grad_mask=[n for n, p in model.named_parameters() if p.grad is not None])
+        save_checkpoint(state, run.path / LAST)
+        if args.stop_after and epoch + 1 - start_epoch >= args.stop_after and epoch + 1 < args.epochs:
+            logger.info('stopping after %d epochs as asked (--stop_after); continue with --resume %s',
+                        args.stop_after, run.path / LAST)
+            break
+    run.close()
+    return record
+
+
+if __name__ == '__main__':
+    run_cli(main, parse_args)

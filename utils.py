@@ -1,0 +1,348 @@
+"""Shared plumbing for the three stages: errors and CLI exit codes, run directories (log.txt,
+args.json, metrics.jsonl, TensorBoard), seeding and RNG state, devices and torchrun, atomic
+checkpoints, meters and accuracy, parameter and multiply-add counts.
+"""
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from genotypes import GenotypeError
+
+logger = logging.getLogger('genas')
+
+
+# --- errors a user can cause --------------------------------------------------------------------
+
+class UserError(Exception):
+    """Bad input the user can fix (flag value, data, checkpoint). The message names the fix."""
+
+
+def run_cli(main, parse_args, argv=None):
+    """Parse, run `main(args)`; a UserError / GenotypeError ends with one line and exit status 2."""
+    try:
+        args = parse_args(argv)
+        return main(args)
+    except (UserError, GenotypeError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2) and defaults shown in --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        print(f'error: {message} (see {self.prog} --help)', file=sys.stderr)
+        sys.exit(2)
+
+
+def progress(iterable, is_main=True, **kwargs):
+    """A tqdm bar on the main process when stderr is a terminal (log lines carry progress otherwise)."""
+    from tqdm import tqdm
+    return tqdm(iterable, disable=None if is_main else True, dynamic_ncols=True, leave=False, **kwargs)
+
+
+def parse_stds(text):
+    """'0.001,0.003,0.006' -> [0.001, 0.003, 0.006]; positive and strictly increasing, or UserError."""
+    try:
+        stds = [float(s) for s in str(text).replace(' ', '').split(',') if s != '']
+    except ValueError:
+        raise UserError(f'--stds must be comma-separated numbers like 0.001,0.003,0.006, got {text!r}')
+    if not stds:
+        raise UserError('--stds is empty; give at least one std, e.g. --stds 0.001,0.003,0.006')
+    if stds[0] <= 0 or any(b <= a for a, b in zip(stds, stds[1:])) or not all(map(math.isfinite, stds)):
+        raise UserError(f'--stds must be positive and strictly increasing (e.g. 0.001,0.003,0.006), got {text!r}')
+    return stds
+
+
+# --- run directory: logs, args, metrics, TensorBoard ----------------------------------------------
+
+class _TqdmHandler(logging.StreamHandler):
+    """Console handler that prints through tqdm so log lines do not break progress bars."""
+
+    def emit(self, record):
+        try:
+            from tqdm import tqdm
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:   # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def setup_logging(log_file=None, is_main=True):
+    """Console (and log.txt) logging for the `genas` logger; non-main ranks only warn."""
+    logger.handlers.clear()
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    logger.propagate = False
+    fmt = logging.Formatter('%(asctime)s %(message)s', datefmt='%m/%d %H:%M:%S')
+    console = _TqdmHandler()
+    console.setFormatter(fmt)
+    logger.addHandler(console)
+    if log_file is not None and is_main:
+        fh = logging.FileHandler(log_file, mode='a')
+        fh.setFormatter(fmt)
+        logger.addHandler(fh)
+    return logger
+
+
+def default_run_dir(prefix):
+    return os.path.join('runs', f'{prefix}-{time.strftime("%Y%m%d-%H%M%S")}')
+
+
+class Run:
+    """One run directory: log.txt, args.json, metrics.jsonl and TensorBoard events under tb/.
+
+    Only the main process writes; the others get a Run whose writers do nothing.
+    """
+
+    def __init__(self, path, args, is_main=True, tensorboard=True):
+        self.path = Path(path)
+        self.is_main = is_main
+        self._tb = None
+        if is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with open(self.path / 'args.json', 'w') as f:
+                json.dump(vars(args), f, indent=2, default=str)
+        setup_logging(self.path / 'log.txt' if is_main else None, is_main)
+        if is_main and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self._tb = SummaryWriter(str(self.path / 'tb'))
+
+    @property
+    def metrics_file(self):
+        return self.path / 'metrics.jsonl'
+
+    def log_metrics(self, record, step=None, prefix=''):
+        """Append one JSON line; numeric values also go to TensorBoard at `step`."""
+        if not self.is_main:
+            return
+        with open(self.metrics_file, 'a') as f:
+            f.write(json.dumps(record) + '\n')
+        if self._tb is not None and step is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != 'epoch':
+                    self._tb.add_scalar(f'{prefix}{k}', v, step)
+            self._tb.flush()
+
+    def truncate_metrics(self, key, last):
+        """On resume: drop metric lines with record[key] > last (written after the checkpoint)."""
+        if not self.is_main or not self.metrics_file.exists():
+            return
+        lines = self.metrics_file.read_text().splitlines()
+        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get(key, -math.inf) <= last]
+        self.metrics_file.write_text(''.join(ln + '\n' for ln in kept))
+
+    @property
+    def tb(self):
+        return self._tb
+
+    def close(self):
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(path):
+    """All records of a metrics.jsonl file."""
+    with open(path) as f:
+        return [json.loads(ln) for ln in f if ln.strip()]
+
+
+def check_new_run_dir(path, marker, resuming):
+    """Refuse to start a fresh run over an existing one (nothing gets overwritten)."""
+    if not resuming and (Path(path) / marker).exists():
+        raise UserError(f'{path} already holds a run ({marker} exists); pass --resume {Path(path) / marker} '
+                        'to continue it, or choose another --save directory')
+
+
+# --- seeding and RNG state --------------------------------------------------------------------------
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*parts):
+    """A 63-bit seed that is a pure function of `parts` (ints, strings, lists of ints)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], 'little') >> 1
+
+
+def get_rng_state():
+    """Every global RNG state, as types `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
+             'numpy': [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)]}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+# --- devices and torchrun ---------------------------------------------------------------------------
+
+def choose_device(name='auto', local_rank=0):
+    """--device auto|cpu|cuda -> torch.device (auto = cuda when available)."""
+    if name not in ('auto', 'cpu', 'cuda'):
+        raise UserError(f'--device must be auto, cpu or cuda, got {name!r}')
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise UserError('--device cuda was asked for but no CUDA device is visible; use --device cpu')
+    if name == 'cpu' or not torch.cuda.is_available():
+        return torch.device('cpu')
+    torch.cuda.set_device(local_rank)
+    return torch.device('cuda', local_rank)
+
+
+class Dist:
+    """The torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK); one process without it."""
+
+    def __init__(self):
+        self.rank = int(os.environ.get('RANK', 0))
+        self.world_size = int(os.environ.get('WORLD_SIZE', 1))
+        self.local_rank = int(os.environ.get('LOCAL_RANK', 0))
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def init(self, device):
+        """Start the process group: nccl on CUDA, gloo on CPU."""
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+        return self
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+    def all_reduce_sum(self, values, device):
+        """Sum a list of numbers over all ranks (exact for integer counts below 2**53)."""
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        if self.enabled:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def close(self):
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# --- checkpoints ------------------------------------------------------------------------------------
+
+def save_checkpoint(state, path):
+    """torch.save to a temporary file, then os.replace: a crash never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp')
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """torch.load(weights_only=True); a missing or unreadable file is a UserError."""
+    if not os.path.isfile(path):
+        raise UserError(f'checkpoint {path} does not exist; check the path')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f'cannot load checkpoint {path} as plain tensors ({first}); '
+                        'it is truncated or not a PyTorch checkpoint of this project or the reference')
+
+
+def strip_module_prefix(state_dict):
+    """Keys saved from a DistributedDataParallel model start with 'module.'; drop it."""
+    if state_dict and all(k.startswith('module.') for k in state_dict):
+        return {k[len('module.'):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def load_state_checked(model, state_dict, source):
+    """load_state_dict(strict=True) with a one-line UserError naming the first mismatches."""
+    state_dict = strip_module_prefix(state_dict)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}'
+              for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f'{len(shapes)} shape mismatches, e.g. {"; ".join(shapes[:2])}')
+        if missing:
+            parts.append(f'{len(missing)} missing keys, e.g. {missing[0]}')
+        if unexpected:
+            parts.append(f'{len(unexpected)} unexpected keys, e.g. {unexpected[0]}')
+        raise UserError(f'checkpoint {source} does not fit this model ({", ".join(parts)}); '
+                        'pass the --init_channels / --layers / dataset it was trained with')
+    model.load_state_dict(state_dict, strict=True)
+
+
+# --- meters, accuracy, counting ---------------------------------------------------------------------
+
+class AverageMeter:
+    def __init__(self):
+        self.sum = 0.0
+        self.count = 0
+
+    def update(self, value, n=1):
+        self.sum += float(value) * n
+        self.count += n
+
+    @property
+    def avg(self):
+        return self.sum / max(self.count, 1)
+
+
+def topk_correct(logits, target, topk=(1,)):
+    """Number of samples whose target is among the top-k logits, for each k (ints)."""
+    maxk = min(max(topk), logits.size(1))
+    pred = logits.topk(maxk, dim=1).indices                 # (N, maxk)
+    hit = pred.eq(target.view(-1, 1))                        # (N, maxk)
+    return [int(hit[:, :min(k, maxk)].any(dim=1).sum()) for k in topk]
+
+
+def count_parameters(model, skip='auxiliary'):
+    """Number of parameter elements, leaving out those whose name contains `skip`."""
+    return sum(p.numel() for n, p in model.named_parameters() if not (skip and skip in n))
+
+
+def count_macs(model, example_input, *forward_args):
+    """Multiply-adds of one forward pass in eval mode, counted by torch.utils.flop_counter
+    (convolutions and matrix products; FLOPs / 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    was_training = model.training
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(example_input, *forward_args)
+    model.train(was_training)
+    return counter.get_total_flops() // 2
