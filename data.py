@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import UserError, derive_seed
+from utils import UserError, atomic_write_text, derive_seed
 
 # Per-channel mean / std of the raw images in [0, 1].
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4824, 0.4467), (0.2471, 0.2435, 0.2616)  # (125.3, 123.0, 113.9)/255 ...
@@ -159,10 +159,7 @@ def read_split_file(path, n):
 
 def write_split_file(path, train_idx, valid_idx):
     doc = {'train': ['int', [str(int(i)) for i in train_idx]], 'valid': ['int', [str(int(i)) for i in valid_idx]]}
-    tmp = f'{path}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(doc, f)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(doc))
 
 
 def add_data_args(parser, default_dataset='cifar100'):

@@ -73,12 +73,13 @@ def parse_stds(text):
 # --- run directory: logs, args, metrics, TensorBoard ----------------------------------------------
 
 class _TqdmHandler(logging.StreamHandler):
-    """Console handler that prints through tqdm so log lines do not break progress bars."""
+    """Console handler (stderr, so stdout carries only results) that prints through tqdm so log lines do
+    not break progress bars."""
 
     def emit(self, record):
         try:
             from tqdm import tqdm
-            tqdm.write(self.format(record), file=sys.stdout)
+            tqdm.write(self.format(record), file=sys.stderr)
         except Exception:   # pragma: no cover - logging must never raise
             self.handleError(record)
 
@@ -262,6 +263,15 @@ def save_checkpoint(state, path):
     path = Path(path)
     tmp = path.with_name(path.name + '.tmp')
     torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def atomic_write_text(path, text):
+    """Write a text file through a temporary file and os.replace."""
+    path = Path(path)
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path
 

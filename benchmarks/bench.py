@@ -21,13 +21,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-WORKLOADS = ['supernet_train']
+SCORE_METRICS = ['wlm', 'angle', 'acc', 'angle+wlm']
+WORKLOADS = ['supernet_train'] + [f'score_{m}' for m in SCORE_METRICS]
 
 
 def settings(tiny):
     if tiny:
-        return {'C': 4, 'layers': 3, 'batch': 8, 'steps': 2, 'warmup': 1, 'repeats': 2}
-    return {'C': 16, 'layers': 8, 'batch': 64, 'steps': 10, 'warmup': 3, 'repeats': 5}
+        return {'C': 4, 'layers': 3, 'batch': 8, 'steps': 2, 'warmup': 1, 'repeats': 2,
+                'bn_images': 16, 'val_images': 32, 'test_batch': 32, 'stds': [0.001, 0.003, 0.006]}
+    return {'C': 16, 'layers': 8, 'batch': 64, 'steps': 10, 'warmup': 3, 'repeats': 5,
+            'bn_images': 256, 'val_images': 512, 'test_batch': 256, 'stds': [0.001, 0.003, 0.006]}
 
 
 def _peak_rss_mb():
@@ -59,6 +62,34 @@ def bench_supernet_train(device, s, channels_last=True):
     return {'images_per_s': s['batch'] * s['steps'] / statistics.median(times), 'seconds': times}
 
 
+def bench_score(device, s, metric):
+    """Seconds per candidate of a stage-2 metric (a new random candidate each time, as in a search)."""
+    import argparse
+    import torch
+    import genotypes
+    from data import load_search_data
+    from evolutionary_search.metrics import METRICS, ScoringContext
+    from train_supernet.super_model import Network
+    torch.manual_seed(0)
+    init = Network(s['C'], 10, s['layers']).to(device)
+    model = Network(s['C'], 10, s['layers']).to(device).to(memory_format=torch.channels_last).eval()
+    data = load_search_data(argparse.Namespace(dataset='synthetic', data=None, download=False, split_data=1,
+                                               train_portion=0.5, split_seed=0, split_file=None, train_subset=0,
+                                               valid_subset=0, random_label=0))
+    ctx = ScoringContext(model=model, init_model=init, data=data, device=device, seed=0, stds=tuple(s['stds']),
+                         batch_size=s['batch'], test_batch_size=s['test_batch'], max_train_img_size=s['bn_images'],
+                         max_val_img_size=s['val_images'], acc_train_img_size=s['bn_images'],
+                         acc_val_img_size=s['val_images'], wlm_weight=16.0, memory_format=torch.channels_last)
+    rng = random.Random(0)
+
+    def run():
+        METRICS[metric](ctx, genotypes.random_candidate(rng))
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+    times = _timed(run, s)
+    return {'seconds_per_candidate': statistics.median(times), 'seconds': times}
+
+
 def _timed(fn, s):
     for _ in range(s['warmup']):
         fn()
@@ -74,7 +105,10 @@ def worker(name, device_name, tiny):
     import torch
     from utils import choose_device
     device = choose_device(device_name)
-    result = {'supernet_train': bench_supernet_train}[name](device, settings(tiny))
+    if name.startswith('score_'):
+        result = bench_score(device, settings(tiny), name[len('score_'):])
+    else:
+        result = {'supernet_train': bench_supernet_train}[name](device, settings(tiny))
     result['peak_rss_mb'] = _peak_rss_mb()
     result['threads'] = torch.get_num_threads()
     print(json.dumps(result))

@@ -1,5 +1,6 @@
 """The benchmark script must not rot: run it in its tiny mode (no timing assertions)."""
 import json
+import statistics
 import subprocess
 import sys
 
@@ -13,3 +14,6 @@ def test_bench_tiny_prints_one_json_object():
     assert {'device', 'torch', 'threads', 'settings', 'results'} <= set(out)
     res = out['results']['supernet_train']
     assert res['images_per_s'] > 0 and res['peak_rss_mb'] > 0 and len(res['seconds']) == out['settings']['repeats']
+    for metric in ('wlm', 'angle', 'acc', 'angle+wlm'):
+        res = out['results'][f'score_{metric}']
+        assert res['seconds_per_candidate'] == statistics.median(res['seconds']) > 0

@@ -21,6 +21,7 @@ class MixedOp(nn.Module):
 
     def __init__(self, C, stride):
         super().__init__()
+        self.channels = C
         self._ops = nn.ModuleList()
         for name in PRIMITIVES:
             op = OPS[name](C, stride, True)

@@ -1,0 +1,1 @@
+"""Stage 2: evolutionary search scored by angle, accuracy and flatness."""

@@ -1,0 +1,135 @@
+"""SPOS-style evolutionary search over 28-int candidates (SPEC section 4).
+
+Generation g: score every candidate of the population; merge it into the elitist top lists (the
+select_num parents, and the best `keep` for the report); then propose generation g + 1: mutations of
+random parents (each of the 28 edges re-drawn with probability m_prob, then repaired), crossovers of
+two random parents (each edge from either, then repaired), and random candidates for the rest.
+A candidate is never proposed, and so never scored, twice.
+
+Proposing uses only `self.rng`; scoring uses none of it, so the whole state (JSON-serializable) can be
+saved after every scored candidate and a resumed search continues exactly.
+"""
+import random
+
+from genotypes import PRIMITIVES, random_candidate, repair
+
+
+def cand_key(candidate):
+    return ','.join(str(int(c)) for c in candidate)
+
+
+def key_cand(key):
+    return [int(c) for c in key.split(',')]
+
+
+class Evolution:
+    def __init__(self, max_epochs=20, population_num=50, select_num=10, mutation_num=25, crossover_num=25,
+                 m_prob=0.1, seed=0, keep=50):
+        self.max_epochs, self.population_num, self.select_num = max_epochs, population_num, select_num
+        self.mutation_num, self.crossover_num, self.m_prob, self.keep = mutation_num, crossover_num, m_prob, keep
+        self.rng = random.Random(seed)
+        self.generation = 0                 # index of the population being scored
+        self.population = []                # keys of this generation's candidates
+        self.scores = {}                    # key -> {'score': ..., components}, every scored candidate
+        self.top_k, self.top_keep = [], []  # keys, best first
+        self.history = []                   # one summary per finished generation
+        self.done = False
+
+    # --- state ---------------------------------------------------------------------------------
+    def state_dict(self):
+        version, internal, gauss = self.rng.getstate()
+        return {'generation': self.generation, 'population': self.population, 'scores': self.scores,
+                'top_k': self.top_k, 'top_keep': self.top_keep, 'history': self.history, 'done': self.done,
+                'rng': [version, list(internal), gauss]}
+
+    def load_state_dict(self, state):
+        for k in ('generation', 'population', 'scores', 'top_k', 'top_keep', 'history', 'done'):
+            setattr(self, k, state[k])
+        version, internal, gauss = state['rng']
+        self.rng.setstate((version, tuple(internal), gauss))
+        if self.done and self.generation + 1 < self.max_epochs:   # --max_epochs raised: go on
+            self.done = False
+            self._propose_next()
+
+    # --- proposing -----------------------------------------------------------------------------
+    def _seen(self, key):
+        return key in self.scores or key in self.population
+
+    def _add_if_new(self, cand, into):
+        key = cand_key(cand)
+        if self._seen(key) or key in into:
+            return False
+        into.append(key)
+        return True
+
+    def _fill_random(self, into):
+        while len(into) < self.population_num:
+            self._add_if_new(random_candidate(self.rng), into)
+
+    def _mutations(self, into):
+        made, tries = 0, self.mutation_num * 10
+        while made < self.mutation_num and tries > 0:
+            tries -= 1
+            cand = key_cand(self.rng.choice(self.top_k))
+            for i in range(len(cand)):          # all 28 edges (the reference only mutates the first 14)
+                if self.rng.random() < self.m_prob:
+                    cand[i] = self.rng.randint(0, len(PRIMITIVES) - 1)
+            made += self._add_if_new(repair(cand, self.rng), into)
+
+    def _crossovers(self, into):
+        made, tries = 0, self.crossover_num * 10
+        while made < self.crossover_num and tries > 0:
+            tries -= 1
+            p1, p2 = key_cand(self.rng.choice(self.top_k)), key_cand(self.rng.choice(self.top_k))
+            cand = [self.rng.choice([a, b]) for a, b in zip(p1, p2)]
+            made += self._add_if_new(repair(cand, self.rng), into)
+
+    def start(self):
+        """Propose the first (random) population, unless a loaded state already has one."""
+        if not self.population and not self.scores:
+            new = []
+            self._fill_random(new)
+            self.population = new
+
+    def _propose_next(self):
+        new = []
+        self._mutations(new)
+        self._crossovers(new)
+        self._fill_random(new)
+        self.generation += 1
+        self.population = new
+
+    # --- scoring and selection -----------------------------------------------------------------
+    def pending(self):
+        """Candidates of this generation not scored yet, in proposal order."""
+        return [key_cand(k) for k in self.population if k not in self.scores]
+
+    def record(self, candidate, info):
+        self.scores[cand_key(candidate)] = info
+
+    def _merge_top(self, top, k):
+        merged = top + [key for key in self.population if key not in top]
+        merged.sort(key=lambda key: self.scores[key]['score'], reverse=True)   # stable: older first on ties
+        return merged[:k]
+
+    def finish_generation(self):
+        """Merge the scored population into the top lists, summarize, propose the next generation.
+        Returns the summary of the finished generation."""
+        assert not self.pending(), 'score the whole population first'
+        self.top_k = self._merge_top(self.top_k, self.select_num)
+        self.top_keep = self._merge_top(self.top_keep, self.keep)
+        pop_scores = [self.scores[k]['score'] for k in self.population]
+        summary = {'generation': self.generation + 1, 'scored': len(self.scores),
+                   'best_score': self.scores[self.top_k[0]]['score'],
+                   'mean_score': sum(pop_scores) / len(pop_scores),
+                   'top_k': [{'candidate': key_cand(k), **self.scores[k]} for k in self.top_k]}
+        self.history.append(summary)
+        if self.generation + 1 >= self.max_epochs:
+            self.done = True
+        else:
+            self._propose_next()
+        return summary
+
+    def best(self, n=1):
+        """The n best candidates so far with their scores: [(candidate, info)]."""
+        return [(key_cand(k), self.scores[k]) for k in self.top_keep[:n]]

@@ -1,0 +1,255 @@
+"""Candidate scores for the evolutionary search (SPEC section 4). Higher is better for all.
+
+    METRICS[name](ctx, candidate) -> {'score': float, <every component>}
+
+- angle:     angle (radians) between the candidate's weight vector in the initial and the trained
+             supernet (`angle_vector` gives the layout); also reported divided by pi.
+- acc:       top-1 on the valid part after re-estimating the path's BN statistics.
+- wlm:       flatness: 1 / (poor + 1e-5), poor from the losses under growing Gaussian weight noise.
+- angle+wlm, acc+wlm, angle+acc: the combinations of SPEC section 4.
+
+A score is a pure function of (candidate, ctx.seed, checkpoints, data): BN batches come from the seed
+alone (every candidate sees the same images), the weight noise from (seed, candidate).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+from data import BatchLoader
+from genotypes import EDGES_PER_CELL, NODE_SLICES, PRIMITIVES
+from operations import FactorizedReduce
+from utils import UserError, derive_seed
+
+WLM_EPS = 1e-5
+
+
+@dataclass
+class ScoringContext:
+    model: torch.nn.Module            # trained supernet
+    init_model: torch.nn.Module       # supernet with the initial weights (angle only; may be None)
+    data: object                      # data.SearchData
+    device: torch.device
+    seed: int = 0
+    stds: tuple = (0.001, 0.003, 0.006)
+    batch_size: int = 64              # BN recalibration batches
+    test_batch_size: int = 256        # validation chunks (free: eval mode)
+    max_train_img_size: int = 850
+    max_val_img_size: int = 25000
+    acc_train_img_size: int = 15000   # the acc term of acc+wlm, as the reference
+    acc_val_img_size: int = 25000
+    wlm_weight: float = 0.0
+    acc_weight: float = 0.0
+    bn_momentum: float = None         # None: exact cumulative average
+    perturb: str = 'cumulative'       # or 'direct'
+    memory_format: torch.memory_format = torch.contiguous_format
+
+
+# --- angle ---------------------------------------------------------------------------------------
+
+def cell_paths():
+    """Every directed path from an input node (0, 1) to an intermediate node (2..5) of a cell, as
+    lists of edge indices from the input onwards; 30 paths, ordered by end node, then by the
+    predecessor on the last edge, then recursively."""
+    ending = {}
+    for node, (start, _) in enumerate(NODE_SLICES):
+        target = node + 2
+        paths = []
+        for pred in range(target):
+            edge = start + pred
+            paths += [[edge]] if pred < 2 else [p + [edge] for p in ending[pred]]
+        ending[target] = paths
+    return [p for t in sorted(ending) for p in ending[t]]
+
+
+def op_weights(mixed_op, code):
+    """The tensors one op contributes to the angle vector (SPEC section 4)."""
+    op = mixed_op._ops[code]
+    name = PRIMITIVES[code]
+    if 'pool' in name:                       # Sequential(pool, BN): constant 1/9 kernel + BN affine
+        bn = op[1]
+        return [torch.full((bn.num_features, 3, 3), 1 / 9, device=bn.weight.device), bn.weight, bn.bias]
+    if name == 'skip_connect':
+        if isinstance(op, FactorizedReduce):
+            return [op.conv_1.weight, op.conv_2.weight, op.bn.weight, op.bn.bias]
+        device = next(mixed_op.parameters()).device
+        return [torch.eye(mixed_op.channels, device=device).flatten()]
+    seq = op.op
+    if name.startswith('sep_conv'):           # four convs, then both BNs' weight and bias
+        return [seq[1].weight, seq[2].weight, seq[5].weight, seq[6].weight,
+                seq[3].weight, seq[3].bias, seq[7].weight, seq[7].bias]
+    if name.startswith('dil_conv'):           # two convs, then the BN's weight and bias (the
+        return [seq[1].weight, seq[2].weight, seq[3].weight, seq[3].bias]   # reference takes weight twice)
+    raise ValueError(f'no angle weights for {name}')
+
+
+def _preprocess_weights(pre):
+    if isinstance(pre, FactorizedReduce):
+        return [pre.conv_1.weight, pre.conv_2.weight, pre.bn.weight, pre.bn.bias]
+    return [pre.op[1].weight, pre.op[2].weight, pre.op[2].bias]
+
+
+def angle_vector(model, candidate):
+    """One float64 vector: for every cell, every path without a `none` edge contributes the weights of
+    its ops in path order; then the stem conv + BN weight/bias, each cell's preprocessing (conv + BN
+    weight/bias, or factorized reduce), and the classifier weight."""
+    parts = []
+    paths = cell_paths()
+    for cell in model.cells:
+        codes = candidate[EDGES_PER_CELL:] if cell.reduction else candidate[:EDGES_PER_CELL]
+        for path in paths:
+            if any(codes[e] == 0 for e in path):
+                continue
+            for e in path:
+                parts += op_weights(cell._ops[e], codes[e])
+    parts += [model.stem[0].weight, model.stem[1].weight, model.stem[1].bias]
+    for cell in model.cells:
+        parts += _preprocess_weights(cell.preprocess0) + _preprocess_weights(cell.preprocess1)
+    parts.append(model.classifier.weight)
+    return torch.cat([p.detach().reshape(-1).double() for p in parts])
+
+
+def angle(init_model, model, candidate):
+    """Angle in radians (0..pi) between the candidate's initial and trained weight vectors."""
+    a, b = angle_vector(init_model, candidate), angle_vector(model, candidate)
+    cos = torch.dot(a, b) / (a.norm() * b.norm())
+    return float(torch.arccos(cos.clamp(-1.0, 1.0)))
+
+
+# --- data-driven metrics ----------------------------------------------------------------------------
+
+def bn_batches(ctx, n_images):
+    """ceil(n_images / batch_size) augmented training batches, the same for every candidate."""
+    loader = BatchLoader(ctx.data.train, ctx.data.train_idx, ctx.batch_size, ctx.device, shuffle=True, augment=True,
+                         seed=derive_seed(ctx.seed, 'bn'), memory_format=ctx.memory_format)
+    n_batches = min(math.ceil(n_images / ctx.batch_size), len(loader))
+    it = iter(loader)
+    return (next(it) for _ in range(n_batches))
+
+
+def valid_loader(ctx, n_images):
+    """The first n_images of the valid part (fixed order), in chunks of test_batch_size."""
+    idx = ctx.data.valid_idx[:n_images]
+    return BatchLoader(ctx.data.valid, idx, ctx.test_batch_size, ctx.device, memory_format=ctx.memory_format)
+
+
+@torch.inference_mode()
+def evaluate(model, candidate, loader):
+    """(mean cross-entropy per image, top-1 fraction) of a candidate over a loader, eval mode."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
+    correct = torch.zeros((), dtype=torch.long, device=loader.device)
+    seen = 0
+    for x, y in loader:
+        logits = model.forward_candidate(x, candidate)
+        loss_sum += torch.nn.functional.cross_entropy(logits.float(), y, reduction='sum').double()
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+
+def recalibrated_accuracy(ctx, candidate, train_images, val_images):
+    """Top-1 and loss after BN recalibration; the supernet is restored afterwards."""
+    with ctx.model.preserved_path(candidate):
+        ctx.model.recalibrate_bn(candidate, bn_batches(ctx, train_images), momentum=ctx.bn_momentum)
+        loss, acc = evaluate(ctx.model, candidate, valid_loader(ctx, val_images))
+    return acc, loss
+
+
+def wlm_from_losses(losses, stds):
+    """SPEC: poor = |L1 / s1| + sum_i |(L_{i+1} - L_i) / (s_{i+1} - s_i)|; wlm = 1 / (poor + 1e-5)."""
+    poor = abs(losses[0] / stds[0])
+    poor += sum(abs((losses[i + 1] - losses[i]) / (stds[i + 1] - stds[i])) for i in range(len(stds) - 1))
+    return 1.0 / (poor + WLM_EPS), poor
+
+
+@torch.no_grad()
+def perturbed_losses(ctx, candidate):
+    """Mean validation loss under each noise level, after BN recalibration. Cumulative noise (default):
+    level i adds N(0, (s_i - s_{i-1})^2) on top of level i-1; direct: N(0, s_i^2) on the clean weights.
+    Only the path's parameters can change the loss, so only they are perturbed; all are restored."""
+    model = ctx.model
+    params = model.path_parameters(candidate)
+    gen = torch.Generator(device=ctx.device).manual_seed(derive_seed(ctx.seed, 'noise', list(candidate)))
+    losses = []
+    with model.preserved_path(candidate):
+        model.recalibrate_bn(candidate, bn_batches(ctx, ctx.max_train_img_size), momentum=ctx.bn_momentum)
+        clean = [p.detach().clone() for p in params] if ctx.perturb == 'direct' else None
+        prev = 0.0
+        for s in ctx.stds:
+            sigma = s - prev if ctx.perturb == 'cumulative' else s
+            for i, p in enumerate(params):
+                if clean is not None:
+                    p.copy_(clean[i])
+                p.add_(torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype), alpha=sigma)
+            loss, _ = evaluate(model, candidate, valid_loader(ctx, ctx.max_val_img_size))
+            losses.append(loss)
+            prev = s
+    if not all(math.isfinite(v) for v in losses):
+        raise UserError(f'the loss of candidate {",".join(map(str, candidate))} under weight noise is {losses}: '
+                        'the supernet checkpoint has diverged (retrain it with a lower --learning_rate) or --stds is too large')
+    return losses
+
+
+def _wlm_components(ctx, candidate):
+    losses = perturbed_losses(ctx, candidate)
+    wlm, poor = wlm_from_losses(losses, ctx.stds)
+    return {'wlm': wlm, 'poor': poor, 'losses': losses}
+
+
+def _angle_components(ctx, candidate):
+    if ctx.init_model is None:
+        raise UserError('the angle metrics need the initial supernet: pass --init_model_path checkpoint_epoch_0.pth.tar')
+    a = angle(ctx.init_model, ctx.model, candidate)
+    return {'angle': a, 'angle_normalized': a / math.pi}
+
+
+def _acc_components(ctx, candidate, train_images=None, val_images=None):
+    acc, loss = recalibrated_accuracy(ctx, candidate, train_images or ctx.max_train_img_size,
+                                      val_images or ctx.max_val_img_size)
+    if not math.isfinite(loss):
+        raise UserError(f'validation loss of candidate {",".join(map(str, candidate))} is {loss}: the supernet '
+                        'checkpoint has diverged; retrain it with a lower --learning_rate')
+    return {'acc': acc, 'loss': loss}
+
+
+def score_angle(ctx, candidate):
+    c = _angle_components(ctx, candidate)
+    return {'score': c['angle'], **c}
+
+
+def score_acc(ctx, candidate):
+    c = _acc_components(ctx, candidate)
+    return {'score': c['acc'], **c}
+
+
+def score_wlm(ctx, candidate):
+    c = _wlm_components(ctx, candidate)
+    return {'score': c['wlm'], **c}
+
+
+def score_angle_wlm(ctx, candidate):
+    c = {**_angle_components(ctx, candidate), **_wlm_components(ctx, candidate)}
+    return {'score': c['angle_normalized'] + ctx.wlm_weight / ctx.stds[0] * c['wlm'], **c}
+
+
+def score_acc_wlm(ctx, candidate):
+    c = {**_acc_components(ctx, candidate, ctx.acc_train_img_size, ctx.acc_val_img_size),
+         **_wlm_components(ctx, candidate)}
+    return {'score': c['acc'] + ctx.wlm_weight / ctx.stds[0] * c['wlm'], **c}
+
+
+def score_angle_acc(ctx, candidate):
+    c = {**_angle_components(ctx, candidate), **_acc_components(ctx, candidate)}
+    return {'score': c['angle_normalized'] + ctx.acc_weight * c['acc'], **c}
+
+
+METRICS = {
+    'angle': score_angle,
+    'acc': score_acc,
+    'wlm': score_wlm,
+    'angle+wlm': score_angle_wlm,
+    'acc+wlm': score_acc_wlm,
+    'angle+acc': score_angle_acc,
+}
+NEEDS_INIT = {'angle', 'angle+wlm', 'angle+acc'}

@@ -1,0 +1,315 @@
+"""Stage 2: evolutionary search over the trained supernet, scored by angle / accuracy / flatness.
+
+    cd evolutionary_search
+    python3 search.py --split_data 1 --seed 3 --data ../data \
+        --init_model_path ../runs/supernet-c100/checkpoint_epoch_0.pth.tar \
+        --model_path ../runs/supernet-c100/checkpoint_epoch_250.pth.tar \
+        --metric wlm --stds 0.001,0.003,0.006 --max_train_img_size 850 --max_val_img_size 25000 \
+        --wlm_weight 0 --acc_weight 0 --save ../runs/search-wlm                # GeNAS flatness search
+    python3 search.py ... --resume ../runs/search-wlm                            # after a crash
+    python3 search.py ... --arch GENAS_FLATNESS_CIFAR100 --arch DARTS_V2         # score given cells only
+
+Writes to --save: search_checkpoint.json (after every scored candidate), generations.jsonl (one line
+per generation), genotype.json (the best cell, for `retrain.py --arch`), log.txt, args.json, tb/.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
+
+import torch  # noqa: E402
+
+import genotypes  # noqa: E402
+from data import add_data_args, load_search_data  # noqa: E402
+from evolutionary_search.evolution import Evolution, cand_key  # noqa: E402
+from evolutionary_search.metrics import METRICS, NEEDS_INIT, ScoringContext  # noqa: E402
+from train_supernet.super_model import Network  # noqa: E402
+from utils import (ArgumentParser, Run, UserError, atomic_write_text, choose_device, default_run_dir, load_checkpoint,  # noqa: E402
+                   load_state_checked, logger, parse_stds, progress, run_cli, seed_everything)
+
+CHECKPOINT = 'search_checkpoint.json'
+# Flags that change scores or proposals: a resumed search must use the same values.
+SCORE_FLAGS = ['metric', 'stds', 'seed', 'max_train_img_size', 'max_val_img_size', 'wlm_weight', 'acc_weight',
+               'batch_size', 'bn_momentum', 'perturb', 'acc_train_img_size', 'acc_val_img_size', 'population_num',
+               'select_num', 'mutation_num', 'crossover_num', 'm_prob', 'dataset', 'split_data', 'train_portion',
+               'split_seed', 'split_file', 'random_label', 'train_subset', 'valid_subset']
+# Data flags that default to the values the supernet was trained with (stored in stage-1 checkpoints).
+INHERITED = {'dataset': 'cifar100', 'data': None, 'split_data': 1, 'train_portion': 0.5, 'split_seed': 0,
+             'split_file': None}
+
+
+def get_args_parser():
+    p = ArgumentParser(description='Stage 2: evolutionary search (GeNAS).')
+    g = p.add_argument_group('reference flags')
+    g.add_argument('--metric', default='wlm', help=f'one of {", ".join(METRICS)}')
+    g.add_argument('--stds', default='0.001,0.003,0.006', help='strictly increasing weight-noise stds for wlm')
+    g.add_argument('--max_train_img_size', type=int, default=850, help='training images for BN recalibration')
+    g.add_argument('--max_val_img_size', type=int, default=25000, help='validation images for acc / wlm')
+    g.add_argument('--wlm_weight', type=float, default=0.0, help='gamma of angle+wlm and acc+wlm')
+    g.add_argument('--acc_weight', type=float, default=0.0, help='weight of acc in angle+acc')
+    g.add_argument('--init_model_path', default=None, help='supernet checkpoint before training (angle metrics)')
+    g.add_argument('--model_path', default=None, help='trained supernet checkpoint')
+    g.add_argument('--batch_size', type=int, default=64, help='BN recalibration batch size')
+    g.add_argument('--test_batch_size', type=int, default=256,
+                   help='validation batch size (eval mode: does not change scores, only speed)')
+    g.add_argument('--seed', type=int, default=3, help='seed of the evolution, BN batches and weight noise')
+    g.add_argument('--save', default=None, help='run directory; None means runs/search-<metric>-<time>')
+    g.add_argument('-r', '--refresh', action='store_true', help='ignore a search checkpoint in --save and start over')
+    add_data_args(p)
+    p.set_defaults(**{k: None for k in INHERITED})
+    g = p.add_argument_group('evolution')
+    g.add_argument('--max_epochs', type=int, default=20, help='generations')
+    g.add_argument('--population_num', type=int, default=50, help='candidates per generation')
+    g.add_argument('--select_num', type=int, default=10, help='parents kept (elitist top-k)')
+    g.add_argument('--mutation_num', type=int, default=25, help='mutations per generation')
+    g.add_argument('--crossover_num', type=int, default=25, help='crossovers per generation')
+    g.add_argument('--m_prob', type=float, default=0.1, help='per-edge mutation probability')
+    g = p.add_argument_group('additions')
+    g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='where to score')
+    g.add_argument('--init_channels', type=int, default=None,
+                   help='supernet C; read from stage-1 checkpoints, needed for reference ones (16)')
+    g.add_argument('--layers', type=int, default=None,
+                   help='supernet cells; read from stage-1 checkpoints, needed for reference ones (8)')
+    g.add_argument('--resume', default=None, help='search checkpoint (or its run directory) to continue')
+    g.add_argument('--bn_momentum', type=float, default=None,
+                   help='BN momentum during recalibration; None: exact cumulative average; 0.1: the reference')
+    g.add_argument('--perturb', default='cumulative', choices=['cumulative', 'direct'],
+                   help='cumulative: noise s_i - s_(i-1) on top of the last level (reference); direct: s_i on clean weights')
+    g.add_argument('--acc_train_img_size', type=int, default=15000, help='BN images of the acc term of acc+wlm')
+    g.add_argument('--acc_val_img_size', type=int, default=25000, help='validation images of the acc term of acc+wlm')
+    g.add_argument('--candidates', default=None,
+                   help='file of 28-int candidates (one per line) to score instead of searching')
+    g.add_argument('--arch', action='append', default=None,
+                   help='named genotype or genotype .json to score instead of searching (repeatable)')
+    g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
+                   help='channels-last memory format (faster on CPU)')
+    g.add_argument('--stop_after', type=int, default=0,
+                   help='stop after scoring N candidates in this invocation (resumable; 0: off)')
+    return p
+
+
+def parse_args(argv=None):
+    args = get_args_parser().parse_args(argv)
+    if args.metric not in METRICS:
+        raise UserError(f'unknown --metric {args.metric!r}; choose one of {", ".join(METRICS)}')
+    args.stds = parse_stds(args.stds)
+    for flag in ('max_train_img_size', 'max_val_img_size', 'batch_size', 'test_batch_size', 'max_epochs',
+                 'population_num', 'select_num'):
+        if getattr(args, flag) < 1:
+            raise UserError(f'--{flag} must be >= 1')
+    if args.mutation_num + args.crossover_num > args.population_num:
+        raise UserError('--mutation_num + --crossover_num must not exceed --population_num')
+    if args.model_path is None:
+        raise UserError('--model_path is required: the trained supernet checkpoint (e.g. checkpoint_epoch_250.pth.tar)')
+    if args.resume and os.path.isdir(args.resume):
+        args.resume = os.path.join(args.resume, CHECKPOINT)
+    if args.save is None:
+        args.save = os.path.dirname(args.resume) if args.resume else default_run_dir(f'search-{args.metric}')
+    return args
+
+
+def load_supernet(path, args):
+    """A supernet from a stage-1 or reference checkpoint; returns (model, checkpoint's stage-1 args)."""
+    ckpt = load_checkpoint(path)
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not any(k.endswith('classifier.weight') for k in state):
+        raise UserError(f'{path} is not a supernet checkpoint (no state_dict with classifier weights)')
+    C = args.init_channels or ckpt.get('init_channels')
+    layers = args.layers or ckpt.get('layers')
+    if C is None or layers is None:
+        raise UserError(f'{path} does not record the supernet shape (a reference checkpoint?); '
+                        'pass --init_channels 16 --layers 8 (the reference\'s) or the values it was trained with')
+    num_classes = next(v for k, v in state.items() if k.endswith('classifier.weight')).shape[0]
+    model = Network(C, num_classes, layers)
+    load_state_checked(model, state, path)
+    return model, ckpt.get('args', {})
+
+
+def fill_inherited(args, trained_args):
+    """Data flags not given take the supernet's own values (so the search scores on its valid part)."""
+    for k, fallback in INHERITED.items():
+        if getattr(args, k) is None:
+            setattr(args, k, trained_args.get(k, fallback))
+
+
+def build_context(args):
+    """Load checkpoints and data; everything that can fail on user input fails here."""
+    device = choose_device(args.device)
+    model, trained_args = load_supernet(args.model_path, args)
+    init_model = None
+    if args.metric in NEEDS_INIT:
+        if not args.init_model_path:
+            raise UserError(f'--metric {args.metric} needs --init_model_path (the checkpoint_epoch_0.pth.tar of stage 1)')
+        init_model, _ = load_supernet(args.init_model_path, args)
+        if init_model._C != model._C or init_model._layers != model._layers:
+            raise UserError('--init_model_path and --model_path hold supernets of different shapes')
+    fill_inherited(args, trained_args)
+    data = load_search_data(args)
+    if data.num_classes != model._num_classes:
+        raise UserError(f'{args.model_path} has {model._num_classes} classes but --dataset {args.dataset} has '
+                        f'{data.num_classes}; pass the dataset the supernet was trained on')
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(device).to(memory_format=fmt).eval()
+    if init_model is not None:
+        init_model = init_model.to(device)
+    return ScoringContext(model=model, init_model=init_model, data=data, device=device, seed=args.seed,
+                          stds=tuple(args.stds), batch_size=args.batch_size, test_batch_size=args.test_batch_size,
+                          max_train_img_size=args.max_train_img_size, max_val_img_size=args.max_val_img_size,
+                          acc_train_img_size=args.acc_train_img_size, acc_val_img_size=args.acc_val_img_size,
+                          wlm_weight=args.wlm_weight, acc_weight=args.acc_weight, bn_momentum=args.bn_momentum,
+                          perturb=args.perturb, memory_format=fmt)
+
+
+def format_components(info):
+    return ' '.join(f'{k} {v:.6g}' for k, v in info.items() if isinstance(v, float))
+
+
+# --- scoring given candidates -------------------------------------------------------------------------
+
+def read_candidates(args):
+    """(name, 28 ints) for --candidates lines and --arch values."""
+    out = []
+    if args.candidates:
+        try:
+            lines = Path(args.candidates).read_text().splitlines()
+        except OSError as e:
+            raise UserError(f'cannot read --candidates {args.candidates}: {e.strerror}')
+        for n, line in enumerate(lines, 1):
+            if line.strip() and not line.lstrip().startswith('#'):
+                try:
+                    out.append((f'line {n}', genotypes.parse_candidate(line)))
+                except genotypes.GenotypeError as e:
+                    raise UserError(f'--candidates {args.candidates} line {n}: {e}')
+    for arch in args.arch or []:
+        cand = genotypes.try_encode(genotypes.resolve_genotype(arch))
+        if cand is None:
+            raise UserError(f'--arch {arch} is not in the 28-int DARTS search space (5-node or non-DARTS ops)')
+        out.append((arch, cand))
+    return out
+
+
+def score_given(ctx, args, run, todo):
+    results = []
+    scorer = METRICS[args.metric]
+    with open(run.path / 'scores.jsonl', 'a') as f:
+        for name, cand in progress(todo, desc='scoring'):
+            record = {'name': name, 'candidate': cand, 'metric': args.metric, **scorer(ctx, cand)}
+            line = json.dumps(record)
+            print(line, flush=True)
+            f.write(line + '\n')
+            logger.info('%s score %.6g %s', name, record['score'], format_components(record))
+            results.append(record)
+    return results
+
+
+# --- the search -------------------------------------------------------------------------------------
+
+def save_search(run, evo, args):
+    atomic_write_text(run.path / CHECKPOINT, json.dumps({'args': {k: getattr(args, k) for k in SCORE_FLAGS},
+                                                         'evolution': evo.state_dict()}))
+
+
+def load_search(path, args, evo):
+    try:
+        doc = json.loads(Path(path).read_text())
+        saved, state = doc['args'], doc['evolution']
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f'cannot resume from {path}: not a search checkpoint ({e!r}); start over with -r/--refresh')
+    changed = [f'--{k} {saved.get(k)} -> {getattr(args, k)}' for k in SCORE_FLAGS if saved.get(k) != getattr(args, k)]
+    if changed:
+        raise UserError(f'{path} was written with other flags ({"; ".join(changed)}); use the original flags, '
+                        'or -r/--refresh to start over')
+    evo.load_state_dict(state)
+
+
+def log_generation(run, summary, metric):
+    best = summary['top_k'][0]
+    logger.info('generation %d: best %.6g mean %.6g (%d scored) best %s %s', summary['generation'],
+                summary['best_score'], summary['mean_score'], summary['scored'], cand_key(best['candidate']),
+                format_components({k: v for k, v in best.items() if k != 'candidate'}))
+    run.log_metrics(summary)
+    if run.tb is not None:
+        run.tb.add_scalar(f'{metric}/best_score', summary['best_score'], summary['generation'])
+        run.tb.add_scalar(f'{metric}/mean_score', summary['mean_score'], summary['generation'])
+        run.tb.flush()
+
+
+def write_genotype(run, evo, args):
+    top = evo.best(10)
+    best, info = top[0]
+    geno = genotypes.decode(best)
+    path = genotypes.save_genotype(
+        run.path / 'genotype.json', geno, name=f'searched_{args.metric}', metric=args.metric, score=info['score'],
+        components=info, top10=[{'candidate': c, 'genotype': genotypes.genotype_to_dict(genotypes.decode(c)), **i}
+                                for c, i in top],
+        checkpoints={'model_path': os.path.abspath(args.model_path),
+                     'init_model_path': os.path.abspath(args.init_model_path) if args.init_model_path else None},
+        args={k: v for k, v in vars(args).items()})
+    return path, geno, info
+
+
+def search(ctx, args, run, evo):
+    scorer = METRICS[args.metric]
+    evo.start()
+    scored_now = 0
+    total = args.max_epochs * args.population_num
+    bar = progress(None, total=total, initial=len(evo.scores), desc='candidates')
+    while not evo.done:
+        for cand in evo.pending():
+            info = scorer(ctx, cand)
+            evo.record(cand, info)
+            save_search(run, evo, args)
+            bar.update(1)
+            bar.set_postfix(gen=evo.generation + 1, best=evo.scores[evo.top_k[0]]['score'] if evo.top_k else None)
+            scored_now += 1
+            if args.stop_after and scored_now >= args.stop_after:
+                bar.close()
+                logger.info('stopping after %d candidates as asked (--stop_after); continue with --resume %s',
+                            scored_now, run.path / CHECKPOINT)
+                return None
+        summary = evo.finish_generation()
+        save_search(run, evo, args)
+        log_generation(run, summary, args.metric)
+    bar.close()
+    return write_genotype(run, evo, args)
+
+
+def main(args):
+    seed_everything(args.seed)
+    todo = read_candidates(args) if (args.candidates or args.arch) else None
+    ctx = build_context(args)
+    evo = Evolution(args.max_epochs, args.population_num, args.select_num, args.mutation_num, args.crossover_num,
+                    args.m_prob, seed=args.seed)
+    ckpt_path = args.resume or os.path.join(args.save, CHECKPOINT)
+    resuming = todo is None and os.path.isfile(ckpt_path) and not args.refresh
+    if args.resume and not os.path.isfile(args.resume):
+        raise UserError(f'--resume {args.resume} does not exist; pass the {CHECKPOINT} of a search run directory')
+    if resuming:
+        load_search(ckpt_path, args, evo)
+    run = Run(args.save, args)
+    if todo is not None:
+        logger.info('scoring %d given candidates with %s', len(todo), args.metric)
+        results = score_given(ctx, args, run, todo)
+        run.close()
+        return results
+    if resuming:
+        run.metrics_file.write_text(''.join(json.dumps(s) + '\n' for s in evo.history))
+        logger.info('resumed from %s: generation %d, %d candidates scored', ckpt_path, evo.generation + 1,
+                    len(evo.scores))
+    logger.info('search: metric %s, %d generations x %d candidates, supernet %s', args.metric, args.max_epochs,
+                args.population_num, args.model_path)
+    result = search(ctx, args, run, evo)
+    run.close()
+    if result is None:
+        return None
+    path, geno, info = result
+    logger.info('best candidate %s score %.6g -> %s', cand_key(genotypes.encode(geno)), info['score'], path)
+    print(geno)
+    return {'genotype': geno, 'score': info['score'], 'path': str(path), 'top': evo.best(10)}
+
+
+if __name__ == '__main__':
+    run_cli(main, parse_args)

@@ -1,0 +1,192 @@
+import argparse
+import copy
+import math
+import random
+
+import pytest
+import torch
+
+import genotypes as G
+from data import load_search_data
+from evolutionary_search import metrics as M
+from train_supernet.super_model import Network
+
+
+def tiny_data():
+    args = argparse.Namespace(dataset='synthetic', data=None, download=False, split_data=1, train_portion=0.5,
+                              split_seed=0, split_file=None, train_subset=256, valid_subset=128, random_label=0)
+    return load_search_data(args)
+
+
+@pytest.fixture(scope='module')
+def ctx():
+    torch.manual_seed(1)
+    init = Network(4, 10, 3)
+    torch.manual_seed(2)
+    model = Network(4, 10, 3).eval()
+    return M.ScoringContext(model=model, init_model=init, data=tiny_data(), device=torch.device('cpu'), seed=0,
+                            batch_size=32, test_batch_size=40, max_train_img_size=64, max_val_img_size=96,
+                            acc_train_img_size=96, acc_val_img_size=64, wlm_weight=2.0, acc_weight=3.0)
+
+
+CAND = G.encode(G.GENAS_FLATNESS_CIFAR10)
+
+
+def test_wlm_formula_by_hand():
+    wlm, poor = M.wlm_from_losses([1.0, 1.2, 1.5], [0.001, 0.003, 0.006])
+    assert poor == pytest.approx(1.0 / 0.001 + 0.2 / 0.002 + 0.3 / 0.003)
+    assert wlm == pytest.approx(1 / (1200 + 1e-5), rel=1e-12)
+    wlm, poor = M.wlm_from_losses([2.0, 1.0], [0.5, 1.0])        # absolute values of falling losses
+    assert poor == pytest.approx(4.0 + 2.0)
+
+
+@pytest.mark.parametrize('metric', sorted(M.METRICS))
+def test_scoring_leaves_the_supernet_bit_identical(ctx, metric):
+    before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    momenta = [m.momentum for m in ctx.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    info = M.METRICS[metric](ctx, CAND)
+    assert math.isfinite(info['score'])
+    for k, v in ctx.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert momenta == [m.momentum for m in ctx.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_combinations_follow_the_spec(ctx):
+    a, w, acc = M.score_angle(ctx, CAND), M.score_wlm(ctx, CAND), M.score_acc(ctx, CAND)
+    aw, aa = M.score_angle_wlm(ctx, CAND), M.score_angle_acc(ctx, CAND)
+    assert aw['score'] == pytest.approx(a['score'] / math.pi + 2.0 / 0.001 * w['score'], rel=1e-12)
+    assert aa['score'] == pytest.approx(a['score'] / math.pi + 3.0 * acc['score'], rel=1e-12)
+    accw = M.score_acc_wlm(ctx, CAND)      # its acc term uses acc_train/val_img_size
+    acc2, _ = M.recalibrated_accuracy(ctx, CAND, 96, 64)
+    assert accw['acc'] == acc2 and accw['score'] == pytest.approx(acc2 + 2.0 / 0.001 * w['score'], rel=1e-12)
+    assert aw['angle'] == a['angle'] and aw['wlm'] == w['wlm']
+
+
+def test_acc_equals_plain_pytorch_by_hand(ctx):
+    cand = G.random_candidate(random.Random(5))
+    acc, loss = M.recalibrated_accuracy(ctx, cand, 64, 96)
+    net = copy.deepcopy(ctx.model)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    net.train()
+    with torch.no_grad():
+        for x, _ in M.bn_batches(ctx, 64):                # 2 batches of 32, augmented, seeded
+            net.forward_candidate(x, cand)
+        net.eval()
+        idx = ctx.data.valid_idx[:96]
+        x = (ctx.data.valid.images[idx].float().expand(-1, 3, -1, -1) / 255 - torch.tensor(ctx.data.valid.mean).view(1, 3, 1, 1)) \
+            / torch.tensor(ctx.data.valid.std).view(1, 3, 1, 1)
+        logits = net.forward_candidate(x, cand)
+    y = ctx.data.valid.labels[idx]
+    assert acc == (logits.argmax(1) == y).sum().item() / len(y)
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+def test_tiny_stds_give_the_unperturbed_loss(ctx):
+    small = copy.copy(ctx)
+    small.stds = (1e-12, 2e-12, 3e-12)
+    losses = M.perturbed_losses(small, CAND)
+    _, clean = M.recalibrated_accuracy(ctx, CAND, ctx.max_train_img_size, ctx.max_val_img_size)
+    assert losses == pytest.approx([clean] * 3, rel=1e-6)
+    big = copy.copy(ctx)
+    big.stds = (0.05, 0.1)
+    assert M.perturbed_losses(big, CAND)[1] != pytest.approx(clean, rel=1e-3)
+
+
+def test_direct_and_cumulative_share_the_first_level(ctx):
+    c, d = copy.copy(ctx), copy.copy(ctx)
+    c.stds = d.stds = (0.01, 0.02)
+    d.perturb = 'direct'
+    lc, ld = M.perturbed_losses(c, CAND), M.perturbed_losses(d, CAND)
+    assert lc[0] == ld[0] and lc[1] != ld[1]
+
+
+def test_off_path_parameters_cannot_change_the_loss(ctx):
+    """Why perturbing only the path suffices: noise on every other parameter leaves the loss unchanged."""
+    net = copy.deepcopy(ctx.model)
+    on_path = {id(p) for p in net.path_parameters(CAND)}
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        before = net.forward_candidate(x, CAND)
+        for p in net.parameters():
+            if id(p) not in on_path:
+                p.add_(torch.randn_like(p))
+        assert torch.equal(net.forward_candidate(x, CAND), before)
+
+
+def test_scores_are_pure_functions_of_the_candidate(ctx):
+    other = G.random_candidate(random.Random(9))
+    first = M.score_wlm(ctx, CAND)
+    M.score_wlm(ctx, other)
+    M.score_acc(ctx, other)
+    assert M.score_wlm(ctx, CAND) == first
+
+
+def test_test_batch_size_does_not_change_scores(ctx):
+    other = copy.copy(ctx)
+    other.test_batch_size = 96
+    a, b = M.score_wlm(ctx, CAND), M.score_wlm(other, CAND)
+    assert b['losses'] == pytest.approx(a['losses'], rel=1e-5)
+
+
+def test_angle_properties(ctx):
+    assert M.angle(ctx.model, ctx.model, CAND) == pytest.approx(0.0, abs=1e-6)
+    info = M.score_angle(ctx, CAND)
+    assert 0 < info['angle'] <= math.pi and info['angle_normalized'] == info['angle'] / math.pi
+    flipped = copy.deepcopy(ctx.model)
+    with torch.no_grad():
+        for p in flipped.parameters():
+            p.neg_()
+    # every weight negated: only the constant pooling / identity entries keep the angle below pi
+    assert M.angle(ctx.model, flipped, CAND) > math.pi / 2
+
+
+def test_cell_paths_are_the_30_dag_paths():
+    paths = M.cell_paths()
+    assert len(paths) == 30 and len({tuple(p) for p in paths}) == 30
+    assert paths[:4] == [[0], [1], [2], [3]] and [0, 4, 8, 13] in paths
+
+
+def test_angle_vector_layout_by_hand():
+    torch.manual_seed(0)
+    net = Network(C=2, num_classes=3, layers=2)         # two cells, both reduction cells
+    reduce = [4, 3, 0, 6, 1, 2, 0, 0, 3, 0, 0, 5, 0, 7]
+    cand = G.encode(G.DARTS_V2)[:14] + reduce
+    assert G.is_valid(cand)
+
+    def weights(cell, edge):
+        op = cell._ops[edge]._ops[reduce[edge]]
+        code = reduce[edge]
+        if code in (4, 5):
+            s = op.op
+            return [s[1].weight, s[2].weight, s[5].weight, s[6].weight, s[3].weight, s[3].bias, s[7].weight, s[7].bias]
+        if code in (6, 7):
+            s = op.op
+            return [s[1].weight, s[2].weight, s[3].weight, s[3].bias]
+        if code in (1, 2):
+            C = op[1].num_features
+            return [torch.full((C, 3, 3), 1 / 9), op[1].weight, op[1].bias]
+        if edge < 2 or edge in (2, 3, 5, 6, 9, 10):   # stride-2 skip: factorized reduce
+            return [op.conv_1.weight, op.conv_2.weight, op.bn.weight, op.bn.bias]
+        return [torch.eye(cell._ops[edge].channels).flatten()]
+
+    # every path from an input to a node that avoids `none` edges, in the documented order
+    paths = [[0], [1], [3], [0, 4], [1, 4], [5], [3, 8], [0, 4, 8], [1, 4, 8], [0, 11], [1, 11], [5, 13],
+             [3, 8, 13], [0, 4, 8, 13], [1, 4, 8, 13]]
+    parts = []
+    for cell in net.cells:
+        for path in paths:
+            for e in path:
+                parts += weights(cell, e)
+    parts += [net.stem[0].weight, net.stem[1].weight, net.stem[1].bias]
+    c0, c1 = net.cells
+    parts += [c0.preprocess0.op[1].weight, c0.preprocess0.op[2].weight, c0.preprocess0.op[2].bias,
+              c0.preprocess1.op[1].weight, c0.preprocess1.op[2].weight, c0.preprocess1.op[2].bias,
+              c1.preprocess0.conv_1.weight, c1.preprocess0.conv_2.weight, c1.preprocess0.bn.weight,
+              c1.preprocess0.bn.bias,
+              c1.preprocess1.op[1].weight, c1.preprocess1.op[2].weight, c1.preprocess1.op[2].bias,
+              net.classifier.weight]
+    by_hand = torch.cat([p.detach().reshape(-1).double() for p in parts])
+    assert torch.equal(M.angle_vector(net, cand), by_hand)

@@ -1,0 +1,132 @@
+"""Stage 2 through its CLI: exact resume, scoring given cells, genotype.json, bad input, real data."""
+import json
+
+import pytest
+import torch
+
+import genotypes as G
+from conftest import run_script, snapshot_dir
+from evolutionary_search import search
+from train_supernet import train
+from utils import run_cli
+
+TINY_SUPERNET = ['--dataset', 'synthetic', '--init_channels', 4, '--layers', 3, '--batch_size', 32,
+                 '--train_subset', 128, '--valid_subset', 64, '--valid_bn_images', 32, '--seed', 1, '--epochs', 1]
+TINY_SEARCH = ['--max_epochs', 3, '--population_num', 6, '--select_num', 3, '--mutation_num', 2,
+               '--crossover_num', 2, '--max_train_img_size', 32, '--max_val_img_size', 64, '--batch_size', 32,
+               '--test_batch_size', 64, '--metric', 'angle+wlm', '--wlm_weight', 0.5, '--seed', 7]
+
+
+@pytest.fixture(scope='module')
+def supernet(tmp_path_factory):
+    run = tmp_path_factory.mktemp('search') / 'supernet'
+    train.main(train.parse_args([str(a) for a in TINY_SUPERNET + ['--save', run]]))
+    return run
+
+
+def ckpts(run):
+    return ['--init_model_path', run / 'checkpoint_epoch_0.pth.tar', '--model_path', run / 'checkpoint_epoch_1.pth.tar']
+
+
+def _cli(argv, capsys):
+    try:
+        run_cli(search.main, search.parse_args, [str(a) for a in argv])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+def test_search_resumes_exactly_after_a_kill(supernet, tmp_path):
+    straight, killed = tmp_path / 'straight', tmp_path / 'killed'
+    run_script('evolutionary_search/search.py', *ckpts(supernet), *TINY_SEARCH, '--save', straight)
+    run_script('evolutionary_search/search.py', *ckpts(supernet), *TINY_SEARCH, '--save', killed, '--stop_after', 8)
+    state = json.loads((killed / 'search_checkpoint.json').read_text())['evolution']
+    assert len(state['scores']) == 8 and state['generation'] == 1       # stopped inside generation 2
+    assert not (killed / 'genotype.json').exists()
+    run_script('evolutionary_search/search.py', *ckpts(supernet), *TINY_SEARCH, '--resume', killed)
+    a, b = (json.loads((d / 'genotype.json').read_text()) for d in (straight, killed))
+    assert [t['candidate'] for t in a['top10']] == [t['candidate'] for t in b['top10']]
+    assert [t['score'] for t in a['top10']] == [t['score'] for t in b['top10']]
+    assert (straight / 'metrics.jsonl').read_text() == (killed / 'metrics.jsonl').read_text()
+    # genotype.json: best first, decodes, everything stage 3 and a reader need
+    assert a['candidate'] == a['top10'][0]['candidate'] and a['score'] == a['top10'][0]['score']
+    assert G.load_genotype(straight / 'genotype.json') == G.decode(a['candidate'])
+    assert {'angle', 'angle_normalized', 'wlm', 'losses'} <= set(a['components']) and a['metric'] == 'angle+wlm'
+    assert a['checkpoints']['model_path'].endswith('checkpoint_epoch_1.pth.tar') and a['args']['seed'] == 7
+    gens = [json.loads(ln) for ln in (straight / 'metrics.jsonl').read_text().splitlines()]
+    assert [g['generation'] for g in gens] == [1, 2, 3] and len(gens[-1]['top_k']) == 3
+    assert len(json.loads((straight / 'search_checkpoint.json').read_text())['evolution']['scores']) == 18
+
+
+def test_scoring_given_candidates_matches_the_search(supernet, tmp_path, capsys):
+    run = tmp_path / 'search'
+    assert _cli(ckpts(supernet) + TINY_SEARCH + ['--save', run], capsys)[0] == 0
+    scores = json.loads((run / 'search_checkpoint.json').read_text())['evolution']['scores']
+    key, info = sorted(scores.items())[0]
+    (tmp_path / 'cands.txt').write_text(f'# a comment\n{key}\n\n{key.replace(",", " ")}\n')
+    G.save_genotype(tmp_path / 'g.json', G.GENAS_FLATNESS_CIFAR10)
+    code, out = _cli(ckpts(supernet) + TINY_SEARCH + ['--candidates', tmp_path / 'cands.txt', '--arch', 'DARTS_V2',
+                                                      '--arch', tmp_path / 'g.json', '--save', tmp_path / 'given'],
+                     capsys)
+    assert code == 0
+    lines = [json.loads(ln) for ln in out.out.splitlines() if ln.startswith('{')]
+    assert [ln['name'] for ln in lines] == ['line 2', 'line 4', 'DARTS_V2', str(tmp_path / 'g.json')]
+    assert lines[0]['score'] == info['score'] == lines[1]['score'] and lines[0]['losses'] == info['losses']
+    assert lines[2]['candidate'] == G.encode(G.DARTS_V2)
+    assert {'angle', 'angle_normalized', 'wlm', 'poor', 'losses', 'score'} <= set(lines[3])
+    assert len((tmp_path / 'given' / 'scores.jsonl').read_text().splitlines()) == 4
+
+
+def test_reference_checkpoint_layout_loads(supernet, tmp_path, capsys):
+    ck = torch.load(supernet / 'checkpoint_epoch_1.pth.tar')
+    ref = {'epoch': 250, 'state_dict': {f'module.{k}': v for k, v in ck['state_dict'].items()},
+           'optimizer': ck['optimizer']}
+    torch.save(ref, tmp_path / 'ref.pth.tar')
+    base = ['--model_path', tmp_path / 'ref.pth.tar', '--metric', 'acc', '--dataset', 'synthetic',
+            '--arch', 'DARTS_V2', '--max_train_img_size', 32, '--max_val_img_size', 32]
+    code, out = _cli(base + ['--save', tmp_path / 'a'], capsys)
+    assert code == 2 and '--init_channels 16 --layers 8' in out.err
+    code, out = _cli(base + ['--init_channels', 4, '--layers', 3, '--save', tmp_path / 'b'], capsys)
+    assert code == 0 and 0 <= json.loads(out.out.splitlines()[0])['acc'] <= 1
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--metric', 'loss'], "unknown --metric 'loss'; choose one of angle, acc, wlm"),
+    (['--stds', '0.003,0.001'], 'strictly increasing'),
+    (['--stds', ''], '--stds is empty'),
+    (['--init_channels', 8], 'shape mismatches'),
+    (['--dataset', 'fashion-mnist', '--data', '/nonexistent'], 'not found'),
+])
+def test_bad_input_exits_2_with_one_line(supernet, tmp_path, capsys, extra, message):
+    code, out = _cli(ckpts(supernet) + TINY_SEARCH + extra + ['--save', tmp_path / 'run'], capsys)
+    assert code == 2 and message in out.err and len(out.err.strip().splitlines()) == 1
+    assert not (tmp_path / 'run').exists()
+
+
+def test_shape_message_names_the_shapes(supernet, tmp_path, capsys):
+    code, out = _cli(ckpts(supernet) + TINY_SEARCH + ['--init_channels', 8, '--save', tmp_path / 'r'], capsys)
+    assert code == 2 and 'checkpoint (' in out.err and 'vs model (' in out.err
+
+
+def test_missing_checkpoint_and_changed_flags_on_resume(supernet, tmp_path, capsys):
+    code, out = _cli(['--model_path', tmp_path / 'nope.pth.tar', '--save', tmp_path / 'r'], capsys)
+    assert code == 2 and 'does not exist' in out.err
+    run = tmp_path / 'run'
+    assert _cli(ckpts(supernet) + TINY_SEARCH + ['--save', run, '--stop_after', 2], capsys)[0] == 0
+    before = snapshot_dir(run)
+    code, out = _cli(ckpts(supernet) + TINY_SEARCH[:-2] + ['--seed', 8, '--save', run], capsys)
+    assert code == 2 and '--seed 7 -> 8' in out.err
+    assert snapshot_dir(run) == before
+
+
+def test_fashion_mnist_wlm_search_writes_a_loadable_genotype(fmnist_supernet, tmp_path):
+    out = tmp_path / 'search'
+    run_script('evolutionary_search/search.py', '--model_path', fmnist_supernet / 'checkpoint_epoch_2.pth.tar',
+               '--metric', 'wlm', '--max_epochs', 2, '--population_num', 8, '--select_num', 3, '--mutation_num', 3,
+               '--crossover_num', 3, '--max_train_img_size', 128, '--max_val_img_size', 256, '--save', out)
+    doc = json.loads((out / 'genotype.json').read_text())
+    assert doc['metric'] == 'wlm' and len(doc['top10']) == 10 and doc['args']['dataset'] == 'fashion-mnist'
+    geno = G.resolve_genotype(str(out / 'genotype.json'))
+    assert G.encode(geno) == doc['candidate']
+    assert all(t['losses'][0] < 2.3 for t in doc['top10'])           # better than a uniform guess (ln 10)
