@@ -259,11 +259,12 @@ class BatchLoader:
 
     shuffle/augment draw from a generator seeded by derive_seed(seed, epoch) (see set_epoch), so
     epoch e yields the same batches in every run. rank/world_size shard each epoch's order like
-    DistributedSampler (padded by wrapping so every rank gets the same number of batches).
+    DistributedSampler: padded by wrapping so every rank gets the same number of batches
+    (even_shards=True, for training), or disjoint without padding (False: exact evaluation).
     """
 
     def __init__(self, data, indices, batch_size, device, shuffle=False, augment=False, cutout=0, seed=0,
-                 rank=0, world_size=1, drop_last=False, memory_format=torch.contiguous_format):
+                 rank=0, world_size=1, drop_last=False, memory_format=torch.contiguous_format, even_shards=True):
         self.data, self.indices = data, torch.as_tensor(indices, dtype=torch.long)
         self.batch_size, self.device = batch_size, device
         self.shuffle, self.augment, self.cutout = shuffle, augment, cutout
@@ -271,6 +272,7 @@ class BatchLoader:
         self.rank, self.world_size = rank, world_size
         self.drop_last = drop_last
         self.memory_format = memory_format
+        self.even_shards = even_shards
         mean = torch.tensor(data.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
         std = torch.tensor(data.std, dtype=torch.float32, device=device).view(1, -1, 1, 1) * 255
         self._mean, self._inv_std = mean, 1.0 / std
@@ -283,13 +285,15 @@ class BatchLoader:
         if self.shuffle:
             order = order[torch.randperm(len(order), generator=generator)]
         if self.world_size > 1:
-            per_rank = math.ceil(len(order) / self.world_size)
-            order = torch.cat([order, order[:per_rank * self.world_size - len(order)]])
+            if self.even_shards:
+                per_rank = math.ceil(len(order) / self.world_size)
+                order = torch.cat([order, order[:per_rank * self.world_size - len(order)]])
             order = order[self.rank::self.world_size]
         return order
 
     def __len__(self):
-        n = math.ceil(len(self.indices) / self.world_size)
+        n = len(self.indices)
+        n = math.ceil(n / self.world_size) if self.even_shards else len(range(self.rank, n, self.world_size))
         # A trailing training batch of one image is dropped: train-mode BN cannot normalize it.
         if self.drop_last or (self.augment and n % self.batch_size == 1):
             return n // self.batch_size
@@ -314,3 +318,55 @@ class BatchLoader:
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             yield self.batch(idx, g)
+
+
+# --- ImageNet (ImageFolder trees) ---------------------------------------------------------------------
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# AlexNet's PCA of ImageNet RGB pixels, used for lighting noise.
+IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+
+
+class Lighting:
+    """AlexNet-style PCA lighting noise on a (3, H, W) tensor: adds eigvec @ (alpha * eigval), alpha ~ N(0, alphastd)."""
+
+    def __init__(self, alphastd=0.1, eigval=IMAGENET_PCA_EIGVAL, eigvec=IMAGENET_PCA_EIGVEC):
+        self.alphastd = alphastd
+        self.eigval, self.eigvec = torch.tensor(eigval), torch.tensor(eigvec)
+
+    def __call__(self, img):
+        if self.alphastd == 0:
+            return img
+        alpha = torch.randn(3) * self.alphastd
+        rgb = (self.eigvec * alpha.view(1, 3) * self.eigval.view(1, 3)).sum(1)
+        return img + rgb.view(3, 1, 1)
+
+
+def imagenet_transforms(train, normalize=True):
+    """Train: random resized crop 224 (scale 0.08-1), flip, to-tensor, lighting; eval: resize 256,
+    center crop 224, to-tensor. Normalized with the ImageNet mean/std unless normalize=False
+    (the reference feeds raw [0, 1] pixels; its model zoo needs that)."""
+    import torchvision.transforms as T
+    steps = ([T.RandomResizedCrop(224, scale=(0.08, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(), Lighting(0.1)]
+             if train else [T.Resize(256), T.CenterCrop(224), T.ToTensor()])
+    if normalize:
+        steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    return T.Compose(steps)
+
+
+def imagenet_folders(root, normalize=True):
+    """(train, val) ImageFolder datasets under root/train and root/val."""
+    import torchvision
+    missing = [d for d in ('train', 'val') if not os.path.isdir(os.path.join(root or '', d))]
+    if root is None or missing:
+        raise UserError(f'ImageNet needs --data_root with train/ and val/ ImageFolder trees (one folder per class); '
+                        f'{"no --data_root given" if root is None else "missing " + ", ".join(os.path.join(root, d) for d in missing)}')
+    try:
+        train = torchvision.datasets.ImageFolder(os.path.join(root, 'train'), imagenet_transforms(True, normalize))
+        val = torchvision.datasets.ImageFolder(os.path.join(root, 'val'), imagenet_transforms(False, normalize))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UserError(f'cannot read ImageNet from {root}: {e}')
+    if train.classes != val.classes:
+        raise UserError(f'{root}/train and {root}/val have different class folders ({len(train.classes)} vs {len(val.classes)})')
+    return train, val

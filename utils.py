@@ -251,6 +251,13 @@ class Dist:
             dist.all_reduce(t)
         return t.tolist()
 
+    def broadcast_buffers(self, model):
+        """Give every rank rank 0's buffers (BN statistics). DDP syncs them at the start of each training
+        forward, so after the last step each rank holds statistics updated by its own batch only."""
+        if self.enabled:
+            for buf in model.buffers():
+                dist.broadcast(buf, 0)
+
     def close(self):
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SCORE_METRICS = ['wlm', 'angle', 'acc', 'angle+wlm']
-WORKLOADS = ['supernet_train'] + [f'score_{m}' for m in SCORE_METRICS]
+WORKLOADS = ['supernet_train'] + [f'score_{m}' for m in SCORE_METRICS] + ['retrain_cifar']
 
 
 def settings(tiny):
@@ -90,6 +90,37 @@ def bench_score(device, s, metric):
     return {'seconds_per_candidate': statistics.median(times), 'seconds': times}
 
 
+def bench_retrain_cifar(device, s, channels_last=True):
+    """Images/s of stage-3 NetworkCIFAR training (GENAS_FLATNESS_CIFAR10, auxiliary head, drop path 0.2,
+    cutout 16: the DARTS protocol), as retrain/retrain.py runs it."""
+    import argparse
+    import torch
+    import genotypes
+    from data import BatchLoader, synthetic_arrays
+    from retrain.model import NetworkCIFAR
+    from retrain.train_loop import train_step
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = NetworkCIFAR(s['C'], 10, s['layers'], True, genotypes.GENAS_FLATNESS_CIFAR10).to(device)
+    model = model.to(memory_format=fmt).train()
+    model.drop_path_prob = 0.2
+    opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    data = synthetic_arrays(s['batch'] * s['steps'])
+    loader = BatchLoader(data, torch.arange(len(data)), s['batch'], device, shuffle=True, augment=True, cutout=16,
+                         memory_format=fmt)
+    args = argparse.Namespace(amp=False, auxiliary_weight=0.4, grad_clip=5.0)
+    crit = torch.nn.CrossEntropyLoss()
+
+    def run():
+        for x, y in loader:
+            train_step(model, x, y, opt, scaler, crit, args, device, torch.bfloat16)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+    times = _timed(run, s)
+    return {'images_per_s': s['batch'] * s['steps'] / statistics.median(times), 'seconds': times}
+
+
 def _timed(fn, s):
     for _ in range(s['warmup']):
         fn()
@@ -108,7 +139,8 @@ def worker(name, device_name, tiny):
     if name.startswith('score_'):
         result = bench_score(device, settings(tiny), name[len('score_'):])
     else:
-        result = {'supernet_train': bench_supernet_train}[name](device, settings(tiny))
+        result = {'supernet_train': bench_supernet_train,
+                  'retrain_cifar': bench_retrain_cifar}[name](device, settings(tiny))
     result['peak_rss_mb'] = _peak_rss_mb()
     result['threads'] = torch.get_num_threads()
     print(json.dumps(result))

@@ -12,6 +12,9 @@ def test_bench_tiny_prints_one_json_object():
                           text=True, check=True)
     out = json.loads(proc.stdout)
     assert {'device', 'torch', 'threads', 'settings', 'results'} <= set(out)
+    for name in ('supernet_train', 'retrain_cifar'):
+        res = out['results'][name]
+        assert res['images_per_s'] > 0 and res['peak_rss_mb'] > 0
     res = out['results']['supernet_train']
     assert res['images_per_s'] > 0 and res['peak_rss_mb'] > 0 and len(res['seconds']) == out['settings']['repeats']
     for metric in ('wlm', 'angle', 'acc', 'angle+wlm'):

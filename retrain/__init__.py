@@ -1,0 +1,1 @@
+"""Stage 3: DARTS-style retraining of a fixed genotype (CIFAR, ImageNet)."""

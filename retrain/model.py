@@ -1,0 +1,164 @@
+"""Fixed-genotype networks for retraining (DARTS style, SPEC section 2).
+
+    NetworkCIFAR(C, num_classes, layers, auxiliary, genotype)      # 32x32 input
+    NetworkImageNet(C, num_classes, layers, auxiliary, genotype)   # 224x224 input (mobile setting)
+
+Both have a `drop_path_prob` attribute (set it every epoch) and return (logits, logits_aux), where
+logits_aux is None unless training with the auxiliary head. Module names follow the reference
+(SPEC section 6), so its checkpoints load with strict=True (after dropping a `module.` prefix).
+"""
+import torch
+import torch.nn as nn
+
+from operations import OPS, FactorizedReduce, Identity, ReLUConvBN
+
+
+def drop_path(x, drop_prob):
+    """Zero whole samples with probability drop_prob and scale the rest by 1 / keep (x: (N, C, H, W))."""
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x.div(keep) * mask
+
+
+class Cell(nn.Module):
+    def __init__(self, genotype, C_prev_prev, C_prev, C, reduction, reduction_prev):
+        super().__init__()
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
+        ops, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+        self.reduction = reduction
+        self._steps = len(ops) // 2
+        self._concat = list(concat)
+        self.multiplier = len(concat)
+        self._indices = [index for _, index in ops]
+        self._ops = nn.ModuleList(OPS[name](C, 2 if reduction and index < 2 else 1, True) for name, index in ops)
+
+    def forward(self, s0, s1, drop_prob):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for i in range(self._steps):
+            node = 0
+            for op, index in ((self._ops[2 * i], self._indices[2 * i]), (self._ops[2 * i + 1], self._indices[2 * i + 1])):
+                h = op(states[index])
+                if self.training and drop_prob > 0 and not isinstance(op, Identity):
+                    h = drop_path(h, drop_prob)
+                node = node + h
+            states.append(node)
+        return torch.cat([states[i] for i in self._concat], dim=1)
+
+
+class AuxiliaryHeadCIFAR(nn.Module):
+    """On the 8x8 maps after cell 2*layers//3: pool to 2x2, 1x1 conv 128, 2x2 conv 768, linear."""
+
+    def __init__(self, C, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class AuxiliaryHeadImageNet(nn.Module):
+    """On the 7x7 maps after cell 2*layers//3; no BN after the 2x2 conv, as in DARTS."""
+
+    def __init__(self, C, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class _Network(nn.Module):
+    """Cells, auxiliary head and classifier shared by both networks; subclasses build the stem."""
+
+    def _build_cells(self, C, num_classes, layers, auxiliary, genotype, C_prev_prev, C_prev, reduction_prev, aux_cls):
+        self._layers = layers
+        self._auxiliary = auxiliary
+        self.drop_path_prob = 0.0
+        self.cells = nn.ModuleList()
+        C_curr = C
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+            if i == 2 * layers // 3:
+                C_to_auxiliary = C_prev
+        if auxiliary:
+            self.auxiliary_head = aux_cls(C_to_auxiliary, num_classes)
+        return C_prev
+
+    def _cells_forward(self, s0, s1):
+        logits_aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == 2 * self._layers // 3 and self._auxiliary and self.training:
+                logits_aux = self.auxiliary_head(s1)
+        out = self.global_pooling(s1)
+        return self.classifier(out.flatten(1)), logits_aux
+
+
+class NetworkCIFAR(_Network):
+    def __init__(self, C, num_classes, layers, auxiliary, genotype):
+        super().__init__()
+        stem_multiplier = 3
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_prev = self._build_cells(C, num_classes, layers, auxiliary, genotype, C_curr, C_curr, False,
+                                   AuxiliaryHeadCIFAR)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x):
+        s = self.stem(x)
+        return self._cells_forward(s, s)
+
+
+class NetworkImageNet(_Network):
+    def __init__(self, C, num_classes, layers, auxiliary, genotype):
+        super().__init__()
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(3, C // 2, kernel_size=3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        self.stem1 = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        C_prev = self._build_cells(C, num_classes, layers, auxiliary, genotype, C, C, True, AuxiliaryHeadImageNet)
+        self.global_pooling = nn.AvgPool2d(7)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x):
+        s0 = self.stem0(x)
+        s1 = self.stem1(s0)
+        return self._cells_forward(s0, s1)

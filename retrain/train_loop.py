@@ -1,0 +1,117 @@
+"""Data loaders, one training epoch and exact distributed validation for stage 3."""
+import time
+
+import torch
+import torch.nn as nn
+
+from data import BatchLoader, imagenet_folders, load_arrays
+from utils import UserError, logger, progress, topk_correct
+
+
+def make_loaders(args, device, dist):
+    """(train loader, val loader, train images, val images), number of classes. Each process gets its
+    shard: padded to equal length for training, disjoint for validation (exact totals)."""
+    per_proc = args.batch_size // dist.world_size
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    if args.dataset == 'imagenet':
+        train_set, val_set = imagenet_folders(args.data, normalize=not args.no_normalize)
+        sampler = torch.utils.data.distributed.DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True,
+                                                                  seed=args.seed)
+        kw = dict(num_workers=args.workers, pin_memory=device.type == 'cuda', persistent_workers=False)
+        train = torch.utils.data.DataLoader(train_set, per_proc, sampler=sampler, drop_last=True, **kw)
+        shard = torch.utils.data.Subset(val_set, range(dist.rank, len(val_set), dist.world_size))
+        val = torch.utils.data.DataLoader(shard, per_proc, shuffle=False, **kw)
+        return (train, val, len(train_set), len(val_set)), len(train_set.classes)
+    train_set = load_arrays(args.dataset, args.data, train=True, download=args.download)
+    test_set = load_arrays(args.dataset, args.data, train=False, download=args.download)
+    train_idx = torch.arange(len(train_set))
+    if args.train_subset:
+        train_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))[:args.train_subset]
+    test_idx = torch.arange(len(test_set))[:args.test_subset or None]
+    train = BatchLoader(train_set, train_idx, per_proc, device, shuffle=True, augment=True, cutout=args.cutout_length,
+                        seed=args.seed, rank=dist.rank, world_size=dist.world_size, memory_format=fmt)
+    val = BatchLoader(test_set, test_idx, per_proc, device, rank=dist.rank, world_size=dist.world_size,
+                      memory_format=fmt, even_shards=False)
+    return (train, val, len(train_idx), len(test_idx)), train_set.num_classes
+
+
+def _batches(loader, device, fmt):
+    """(x, y) on the device from a BatchLoader (already there) or a DataLoader."""
+    if isinstance(loader, BatchLoader):
+        yield from loader
+        return
+    for x, y in loader:
+        yield (x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device, non_blocking=True))
+
+
+def set_epoch(loader, epoch):
+    if isinstance(loader, BatchLoader):
+        loader.set_epoch(epoch)
+    else:
+        loader.sampler.set_epoch(epoch)
+
+
+def train_step(net, x, y, optimizer, scaler, criterion, args, device, amp_dtype):
+    """Forward (with the auxiliary loss), backward, clip, step; returns (logits, loss)."""
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+        logits, logits_aux = net(x)
+        loss = criterion(logits, y)
+        if logits_aux is not None:
+            loss = loss + args.auxiliary_weight * criterion(logits_aux, y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if args.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return logits, loss
+
+
+def train_one_epoch(net, loader, optimizer, scaler, criterion, device, dist, args, epoch, amp_dtype):
+    """One epoch; returns the loss / top-1 over all processes and the global images per second."""
+    net.train()
+    set_epoch(loader, epoch)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen, t0 = 0, time.time()
+    bar = progress(_batches(loader, device, fmt), is_main=dist.is_main, total=len(loader),
+                   desc=f'epoch {epoch + 1}/{args.epochs}')
+    for step, (x, y) in enumerate(bar):
+        logits, loss = train_step(net, x, y, optimizer, scaler, criterion, args, device, amp_dtype)
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+        if (step + 1) % args.report_freq == 0:
+            avg = loss_sum.item() / seen
+            if avg != avg or avg in (float('inf'), float('-inf')):
+                raise UserError(f'training loss became {avg} at epoch {epoch + 1} step {step + 1}; lower '
+                                '--learning_rate (or drop --amp) and resume from the last checkpoint')
+            logger.info('train epoch %d step %d/%d loss %.4f acc %.2f%%', epoch + 1, step + 1, len(loader), avg,
+                        100 * correct.item() / seen)
+    elapsed = time.time() - t0
+    total_loss, total_correct, total_seen = dist.all_reduce_sum([loss_sum.item(), correct.item(), seen], device)
+    if total_loss != total_loss:
+        raise UserError(f'training loss became nan in epoch {epoch + 1}; lower --learning_rate (or drop --amp) '
+                        'and resume from the last checkpoint')
+    return {'train_loss': total_loss / total_seen, 'train_acc': total_correct / total_seen,
+            'images_per_s': total_seen / elapsed, 'train_images': int(total_seen)}
+
+
+@torch.inference_mode()
+def evaluate(model, loader, device, dist, args):
+    """Exact top-1 / top-5 / mean loss over the whole validation set (sums reduced over processes)."""
+    model.eval()
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    amp_dtype = torch.bfloat16 if device.type == 'cpu' or torch.cuda.is_bf16_supported() else torch.float16
+    loss_sum, c1, c5, seen = 0.0, 0, 0, 0
+    for x, y in progress(_batches(loader, device, fmt), is_main=dist.is_main, total=len(loader), desc='val'):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+            logits, _ = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction='sum').item()
+        top1, top5 = topk_correct(logits, y, (1, 5))
+        c1, c5, seen = c1 + top1, c5 + top5, seen + len(y)
+    loss_sum, c1, c5, seen = dist.all_reduce_sum([loss_sum, c1, c5, seen], device)
+    return {'val_loss': loss_sum / max(seen, 1), 'val_top1': c1 / max(seen, 1), 'val_top5': c5 / max(seen, 1),
+            'val_images': int(seen)}

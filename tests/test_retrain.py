@@ -1,0 +1,191 @@
+"""Stage 3: the networks, the schedule, the CLI (resume, torchrun, --evaluate, bad input), real data."""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import genotypes as G
+from conftest import ROOT, run_script, snapshot_dir
+from retrain import retrain
+from retrain.model import NetworkCIFAR, NetworkImageNet, drop_path
+from retrain.visualize import cell_dot, plot_genotype
+from utils import count_macs, count_parameters, read_metrics, run_cli
+
+TINY = ['--dataset', 'synthetic', '--arch', 'DARTS_V2', '--init_channels', 8, '--layers', 3, '--batch_size', 32,
+        '--learning_rate', 0.05, '--train_subset', 256, '--test_subset', 128, '--report_freq', 4, '--seed', 1,
+        '--drop_path_prob', 0.2]
+
+
+@pytest.mark.parametrize('name, C, params, macs', [
+    ('GENAS_FLATNESS_CIFAR100', 46, 5_195_205, 579.5e6),
+    ('GENAS_ANGLE_FLATNESS_CIFAR100', 48, 5_413_696, 602.4e6),
+    ('GENAS_FLATNESS_CIFAR10', 52, 5_564_090, 610.1e6),
+    ('GENAS_ANGLE_FLATNESS_CIFAR10', 44, 5_344_118, 592.9e6),
+    ('DARTS_V2', 48, 4_718_752, 529.9e6),
+])
+def test_imagenet_params_and_multiply_adds(name, C, params, macs):
+    net = NetworkImageNet(C, 1000, 14, True, G.get_genotype(name))
+    assert count_parameters(net) == params
+    assert count_macs(net, torch.zeros(1, 3, 224, 224)) == pytest.approx(macs, rel=0.005)
+
+
+@pytest.mark.parametrize('name', sorted(G.GENOTYPES))
+def test_every_named_genotype_builds_both_networks(name):
+    torch.manual_seed(0)
+    g = G.GENOTYPES[name]
+    for net, size in ((NetworkCIFAR(8, 10, 3, True, g), 32), (NetworkImageNet(8, 7, 3, True, g), 224)):
+        n_cls = net.classifier.out_features
+        net.train()
+        logits, aux = net(torch.randn(2, 3, size, size))
+        assert logits.shape == (2, n_cls) and aux.shape == (2, n_cls)
+        net.eval()
+        logits, aux = net(torch.randn(2, 3, size, size))
+        assert logits.shape == (2, n_cls) and aux is None
+
+
+def test_state_dict_names_follow_the_reference():
+    keys = set(NetworkImageNet(16, 10, 14, True, G.DARTS_V2).state_dict())
+    assert {'stem0.0.weight', 'stem0.4.running_var', 'stem1.1.weight', 'cells.0.preprocess0.conv_1.weight',
+            'cells.1.preprocess0.op.1.weight', 'cells.0._ops.0.op.1.weight', 'auxiliary_head.features.2.weight',
+            'auxiliary_head.features.3.running_mean', 'auxiliary_head.features.5.weight',
+            'auxiliary_head.classifier.weight', 'classifier.bias'} <= keys
+    assert not any(k.startswith('auxiliary_head.features.6') for k in keys)       # no BN after the 2x2 conv
+    cifar = set(NetworkCIFAR(16, 10, 8, True, G.DARTS_V2).state_dict())
+    assert {'stem.0.weight', 'auxiliary_head.features.6.running_var'} <= cifar
+
+
+def test_drop_path():
+    torch.manual_seed(0)
+    x = torch.randn(1000, 2, 3, 3)
+    assert torch.equal(drop_path(x, 0.0), x)
+    y = drop_path(x, 0.5)
+    kept = (y.flatten(1) != 0).any(1)
+    assert 400 < int(kept.sum()) < 600
+    assert torch.allclose(y[kept], 2 * x[kept])
+    net = NetworkCIFAR(8, 10, 3, False, G.DARTS_V2)
+    inp = torch.randn(4, 3, 32, 32)
+    net.drop_path_prob = 0.0
+    torch.manual_seed(1)
+    a = net(inp)[0]
+    torch.manual_seed(2)
+    assert torch.equal(net(inp)[0], a)                  # p = 0: no randomness at all, even in train mode
+    net.eval()
+    ref = net(inp)[0]
+    net.drop_path_prob = 0.9
+    assert torch.equal(net(inp)[0], ref)                # eval: nothing dropped
+
+
+def test_lr_schedules_by_hand():
+    lin = retrain.lr_factor(argparse.Namespace(epochs=10, warmup_epochs=5, lr_scheduler='linear'))
+    # (E - 5 - e) / (E - 5) while E - e > 5, else (E - e) / ((E - 5) * 5); warm-up x (e + 1) / 5
+    assert [round(lin(e), 6) for e in range(10)] == [1.0 * 1 / 5, 0.8 * 2 / 5, 0.6 * 3 / 5, 0.4 * 4 / 5, 0.2,
+                                                     0.2, 0.16, 0.12, 0.08, 0.04]
+    cos = retrain.lr_factor(argparse.Namespace(epochs=10, warmup_epochs=0, lr_scheduler='cosine'))
+    assert cos(0) == 1.0 and cos(5) == pytest.approx(0.5) and cos(10) == pytest.approx(0.0)
+
+
+def test_cell_drawings(tmp_path):
+    text = cell_dot(G.DARTS_V2.normal, G.DARTS_V2.normal_concat, 'normal')
+    assert text.count(' -> ') == 8 + 4 and '"c_{k-2}" -> "0" [label="sep_conv_3x3"' in text
+    written = plot_genotype(G.NASNet, tmp_path / 'nasnet')
+    assert written['reduce'][0].read_text().count(' -> ') == 10 + 3
+    if shutil.which('dot'):
+        png = [p for p in written['normal'] if p.suffix == '.png'][0]
+        assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    proc = run_script('retrain/visualize.py', '--arch', 'DARTS_V2', '--out', tmp_path / 'darts')
+    assert (tmp_path / 'darts_normal.dot').exists() and 'darts_reduce.dot' in proc.stdout
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight, split = tmp_path / 'straight', tmp_path / 'split'
+    run_script('retrain/retrain.py', *TINY, '--epochs', 2, '--save', straight)
+    run_script('retrain/retrain.py', *TINY, '--epochs', 2, '--save', split, '--stop_after', 1)
+    assert len(read_metrics(split / 'metrics.jsonl')) == 1
+    run_script('retrain/retrain.py', *TINY, '--epochs', 2, '--resume', split)
+    a, b = torch.load(straight / 'checkpoint.pth.tar'), torch.load(split / 'checkpoint.pth.tar')
+    assert a['epoch'] == b['epoch'] == 2
+    for k, v in a['state_dict'].items():
+        assert torch.equal(v, b['state_dict'][k]), k
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ('epoch_time', 'images_per_s')} for r in rs]  # noqa
+    assert strip(read_metrics(straight / 'metrics.jsonl')) == strip(read_metrics(split / 'metrics.jsonl'))
+    assert {'optimizer', 'scheduler', 'scaler', 'best_acc_top1', 'rng', 'args'} <= set(a)
+    assert (straight / 'model_best.pth.tar').exists() and (straight / 'cell_normal.dot').exists()
+
+
+def test_evaluate_reference_style_checkpoint(tmp_path, capsys):
+    torch.manual_seed(0)
+    net = NetworkCIFAR(8, 10, 3, True, G.DARTS_V2)
+    torch.save({'epoch': 250, 'best_acc_top1': torch.tensor(0.5), 'optimizer': {},
+                'state_dict': {f'module.{k}': v for k, v in net.state_dict().items()}}, tmp_path / 'ref.pth.tar')
+    code = _cli(TINY + ['--auxiliary', '--evaluate', tmp_path / 'ref.pth.tar', '--save', tmp_path / 'r'])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    result = json.loads(out.out.strip().splitlines()[-1])
+    assert result['val_images'] == 128 and 0 <= result['val_top1'] <= result['val_top5'] <= 1
+    assert not (tmp_path / 'r').exists()                   # evaluation writes nothing
+
+
+def _cli(argv):
+    try:
+        run_cli(retrain.main, retrain.parse_args, [str(a) for a in argv])
+        return 0
+    except SystemExit as e:
+        return e.code
+
+
+def test_bad_input_exits_2_and_overwrites_nothing(tmp_path, capsys):
+    run = tmp_path / 'run'
+    assert _cli(TINY + ['--epochs', 1, '--save', run]) == 0
+    capsys.readouterr()
+    before = snapshot_dir(run)
+    (tmp_path / 'bad.json').write_text('{"genotype": {"normal": 3}}')
+    (tmp_path / 'imagenet' / 'train').mkdir(parents=True)
+    cases = [
+        (TINY + ['--arch', 'NO_SUCH_CELL', '--save', run], "unknown genotype 'NO_SUCH_CELL'; known names"),
+        (TINY + ['--arch', tmp_path / 'bad.json', '--save', run], 'genotype file'),
+        (['--dataset', 'imagenet', '--data_root', tmp_path / 'imagenet', '--save', run], 'missing'),
+        (TINY + ['--epochs', 2, '--init_channels', 16, '--resume', run], 'shape mismatches'),
+        (TINY + ['--epochs', 2, '--save', run], 'already holds a run'),
+        (TINY + ['--layers', 1, '--save', run], '--layers must be >= 3'),
+    ]
+    for argv, message in cases:
+        assert _cli(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert snapshot_dir(run) == before
+
+
+def test_torchrun_two_processes_match_single_process_evaluate(fmnist, tmp_path):
+    run = tmp_path / 'ddp'
+    args = ['--dataset', 'fashion-mnist', '--arch', 'DARTS_V2', '--init_channels', 8, '--layers', 3,
+            '--batch_size', 64, '--learning_rate', 0.05, '--train_subset', 1024, '--test_subset', 500,
+            '--epochs', 1, '--report_freq', 1000, '--device', 'cpu']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           str(ROOT / 'retrain' / 'retrain.py'), *map(str, args), '--save', str(run)],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (run / 'log.txt').read_text()
+    assert log.count('epoch 1/1') == 1 and '2 process(es)' in log and 'global batch 64 (32 per process)' in log
+    recs = read_metrics(run / 'metrics.jsonl')
+    assert len(recs) == 1 and recs[0]['val_images'] == 500 and recs[0]['train_images'] == 1024
+    assert sorted(p.name for p in run.glob('*.pth.tar')) == ['checkpoint.pth.tar', 'model_best.pth.tar']
+    single = run_script('retrain/retrain.py', *args, '--evaluate', run / 'checkpoint.pth.tar')
+    result = json.loads(single.stdout.strip().splitlines()[-1])
+    assert result['val_top1'] == recs[0]['val_top1'] and result['val_images'] == 500
+    assert result['val_loss'] == pytest.approx(recs[0]['val_loss'], rel=1e-5)
+
+
+def test_fashion_mnist_retrain_beats_chance(fmnist, tmp_path):
+    run = tmp_path / 'fm'
+    run_script('retrain/retrain.py', '--dataset', 'fashion-mnist', '--arch', 'GENAS_FLATNESS_CIFAR10',
+               '--init_channels', 16, '--layers', 5, '--batch_size', 64, '--learning_rate', 0.05, '--epochs', 2,
+               '--train_subset', 6000, '--test_subset', 2000, '--no-auxiliary', '--drop_path_prob', 0,
+               '--cutout_length', 0, '--channels_last', '--report_freq', 1000, '--save', run)
+    recs = read_metrics(run / 'metrics.jsonl')
+    assert recs[-1]['val_top1'] > 0.7, recs
