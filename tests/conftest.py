@@ -1,6 +1,7 @@
 """Shared test helpers. Tests run on the CPU with small shapes; the Fashion-MNIST ones need Debian's
 dataset-fashion-mnist and may skip without it, except under CI (CI=true), where they fail."""
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,15 +47,42 @@ def snapshot_dir(path):
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob('*')) if p.is_file()}
 
 
-# Stage 1 on Fashion-MNIST, trained once per session and shared by the stage tests downstream.
-FMNIST_SUPERNET_ARGS = ['--dataset', 'fashion-mnist', '--init_channels', 8, '--layers', 5, '--epochs', 2,
-                        '--train_subset', 16000, '--valid_subset', 1000, '--learning_rate', 0.05,
-                        '--batch_size', 64, '--seed', 0, '--report_freq', 100]
+# --- the README's commands ---------------------------------------------------------------------------
+# Every ```bash block of README.md is preceded by a marker: <!-- test: run --> (executed as written, in
+# order, by the session fixture below), <!-- test: tiny --> (executed with --tiny appended: the demo and
+# the benchmark), <!-- test: ci --> (what .ci/run executes) or <!-- test: needs ... --> (GPUs or data
+# this machine cannot have).
+
+BLOCK = re.compile(r'(?:<!-- test: (?P<marker>[^>]*?) -->\n)?```bash\n(?P<body>.*?)```', re.S)
+
+
+def readme_blocks():
+    """[(marker or None, body)] of every bash block in README.md, in order."""
+    text = (ROOT / 'README.md').read_text()
+    return [(m.group('marker'), m.group('body')) for m in BLOCK.finditer(text)]
+
+
+def _with_tiny(body):
+    lines = body.splitlines()
+    return '\n'.join(ln + ' --tiny' if ln.strip() and not ln.lstrip().startswith('#') and not ln.endswith('\\')
+                     else ln for ln in lines)
 
 
 @pytest.fixture(scope='session')
-def fmnist_supernet(fmnist, tmp_path_factory):
-    """Run directory of a small supernet trained on Fashion-MNIST through the stage-1 CLI."""
-    run_dir = tmp_path_factory.mktemp('fmnist') / 'supernet'
-    run_script('train_supernet/train.py', *FMNIST_SUPERNET_ARGS, '--save', run_dir)
-    return run_dir
+def readme_runs(fmnist, tmp_path_factory):
+    """Run the README's offline commands in a sandbox that links the repository's files (so their
+    relative paths, runs/ included, resolve as in a checkout). Returns (sandbox, [(marker, body, proc)])."""
+    sandbox = tmp_path_factory.mktemp('readme')
+    for entry in ROOT.iterdir():
+        if entry.name not in ('.git', 'runs', 'cells', '.pytest_cache') and not entry.name.endswith('.jsonl'):
+            (sandbox / entry.name).symlink_to(entry)
+    env = dict(os.environ, PYTHONHASHSEED='0')
+    results = []
+    for marker, body in readme_blocks():
+        if marker not in ('run', 'tiny'):
+            continue
+        script = body if marker == 'run' else _with_tiny(body)
+        proc = subprocess.run(['bash', '-euo', 'pipefail', '-c', script], cwd=sandbox, env=env, capture_output=True,
+                              text=True)
+        results.append((marker, body, proc))
+    return sandbox, results

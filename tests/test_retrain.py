@@ -181,11 +181,14 @@ def test_torchrun_two_processes_match_single_process_evaluate(fmnist, tmp_path):
     assert result['val_loss'] == pytest.approx(recs[0]['val_loss'], rel=1e-5)
 
 
-def test_fashion_mnist_retrain_beats_chance(fmnist, tmp_path):
-    run = tmp_path / 'fm'
-    run_script('retrain/retrain.py', '--dataset', 'fashion-mnist', '--arch', 'GENAS_FLATNESS_CIFAR10',
-               '--init_channels', 16, '--layers', 5, '--batch_size', 64, '--learning_rate', 0.05, '--epochs', 2,
-               '--train_subset', 6000, '--test_subset', 2000, '--no-auxiliary', '--drop_path_prob', 0,
-               '--cutout_length', 0, '--channels_last', '--report_freq', 1000, '--save', run)
+def test_fashion_mnist_retrain_of_the_searched_cell(readme_runs):
+    """The README's offline chain: stage 1 -> wlm search -> retraining of the found cell -> --evaluate."""
+    sandbox, results = readme_runs
+    run = sandbox / 'runs' / 'retrain-fmnist'
     recs = read_metrics(run / 'metrics.jsonl')
     assert recs[-1]['val_top1'] > 0.7, recs
+    searched = G.load_genotype(sandbox / 'runs' / 'search-fmnist-wlm' / 'genotype.json')
+    assert G.genotype_from_dict(torch.load(run / 'checkpoint.pth.tar')['genotype']) == searched
+    block = next(proc for _, body, proc in results if '--evaluate runs/retrain-fmnist' in body)
+    evaluated = json.loads(block.stdout.strip().splitlines()[-1])
+    assert evaluated['val_top1'] == recs[-1]['val_top1'] and evaluated['val_images'] == 2000

@@ -120,13 +120,15 @@ def test_missing_checkpoint_and_changed_flags_on_resume(supernet, tmp_path, caps
     assert snapshot_dir(run) == before
 
 
-def test_fashion_mnist_wlm_search_writes_a_loadable_genotype(fmnist_supernet, tmp_path):
-    out = tmp_path / 'search'
-    run_script('evolutionary_search/search.py', '--model_path', fmnist_supernet / 'checkpoint_epoch_2.pth.tar',
-               '--metric', 'wlm', '--max_epochs', 2, '--population_num', 8, '--select_num', 3, '--mutation_num', 3,
-               '--crossover_num', 3, '--max_train_img_size', 128, '--max_val_img_size', 256, '--save', out)
+def test_fashion_mnist_wlm_search_writes_a_loadable_genotype(readme_runs):
+    """The README's offline wlm search (population 8, 2 generations) on its Fashion-MNIST supernet."""
+    sandbox, _ = readme_runs
+    out = sandbox / 'runs' / 'search-fmnist-wlm'
     doc = json.loads((out / 'genotype.json').read_text())
     assert doc['metric'] == 'wlm' and len(doc['top10']) == 10 and doc['args']['dataset'] == 'fashion-mnist'
     geno = G.resolve_genotype(str(out / 'genotype.json'))
     assert G.encode(geno) == doc['candidate']
     assert all(t['losses'][0] < 2.3 for t in doc['top10'])           # better than a uniform guess (ln 10)
+    scores = [json.loads(ln) for ln in (sandbox / 'scores.jsonl').read_text().splitlines()]
+    assert [s['name'] for s in scores] == ['GENAS_FLATNESS_CIFAR10', 'DARTS_V2']
+    assert all({'angle', 'wlm', 'losses', 'score'} <= set(s) for s in scores)

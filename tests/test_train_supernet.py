@@ -103,8 +103,10 @@ def test_resume_of_another_shape_and_existing_run_overwrite_nothing(tmp_path, ca
     assert snapshot_dir(run) == before
 
 
-def test_fashion_mnist_supernet_beats_chance(fmnist_supernet):
-    recs = read_metrics(fmnist_supernet / 'metrics.jsonl')
+def test_fashion_mnist_supernet_beats_chance(readme_runs):
+    """The README's offline stage-1 command (a few thousand images, C=8, 5 layers, 2 epochs)."""
+    sandbox, _ = readme_runs
+    recs = read_metrics(sandbox / 'runs' / 'supernet-fmnist' / 'metrics.jsonl')
     assert [r['epoch'] for r in recs] == [1, 2]
     assert recs[-1]['valid_acc'] > 0.5, recs
     assert recs[-1]['train_loss'] < recs[0]['train_loss']
