@@ -21,7 +21,21 @@ OPS = {
 }
 
 
-class ReLUConvBN(nn.Module):
+class ReLUFirst(nn.Module):
+    """An op whose `self.op` is nn.Sequential(ReLU, ...). `after_relu(relu(x)) == forward(x)`, so a
+    network can apply one ReLU to a tensor that several such ops read (see the supernet)."""
+
+    def forward(self, x):
+        return self.op(x)
+
+    def after_relu(self, x):
+        for i, layer in enumerate(self.op):
+            if i:
+                x = layer(x)
+        return x
+
+
+class ReLUConvBN(ReLUFirst):
     """ReLU, kxk conv, BN (cell preprocessing uses k=1). Keys: op.1 (conv), op.2 (BN)."""
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
@@ -32,11 +46,7 @@ class ReLUConvBN(nn.Module):
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
-    def forward(self, x):
-        return self.op(x)
-
-
-class DilConv(nn.Module):
+class DilConv(ReLUFirst):
     """ReLU, depthwise kxk conv (dilation 2), pointwise 1x1, BN. Keys: op.1, op.2 (convs), op.3 (BN)."""
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
@@ -49,11 +59,7 @@ class DilConv(nn.Module):
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
-    def forward(self, x):
-        return self.op(x)
-
-
-class SepConv(nn.Module):
+class SepConv(ReLUFirst):
     """Two (ReLU, depthwise kxk, pointwise 1x1, BN) blocks, the first with the stride.
     Keys: op.1, op.2, op.5, op.6 (convs), op.3, op.7 (BNs)."""
 
@@ -70,11 +76,7 @@ class SepConv(nn.Module):
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
-    def forward(self, x):
-        return self.op(x)
-
-
-class Conv7x1x1x7(nn.Module):
+class Conv7x1x1x7(ReLUFirst):
     """ReLU, 1x7 conv, 7x1 conv, BN (NASNet / AmoebaNet only). Keys: op.1, op.2, op.3."""
 
     def __init__(self, C, stride, affine=True):
@@ -85,10 +87,6 @@ class Conv7x1x1x7(nn.Module):
             nn.Conv2d(C, C, (7, 1), stride=(stride, 1), padding=(3, 0), bias=False),
             nn.BatchNorm2d(C, affine=affine),
         )
-
-    def forward(self, x):
-        return self.op(x)
-
 
 class Identity(nn.Module):
     def forward(self, x):
@@ -121,7 +119,9 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
-        x = self.relu(x)
+        return self.after_relu(self.relu(x))
+
+    def after_relu(self, x):
         # (N, C_out/2, ceil(H/2), ceil(W/2)) each; equal sizes need even H and W, as in DARTS.
         out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
         return self.bn(out)

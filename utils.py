@@ -215,7 +215,30 @@ def choose_device(name='auto', local_rank=0):
     if name == 'cpu' or not torch.cuda.is_available():
         return torch.device('cpu')
     torch.cuda.set_device(local_rank)
+    torch.backends.cudnn.benchmark = True      # fixed input shapes: let cuDNN pick the fastest kernels
     return torch.device('cuda', local_rank)
+
+
+def amp_dtype(device):
+    """bf16 where the device supports it (CPUs, Ampere+ GPUs), else fp16 (which needs a GradScaler)."""
+    if device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def make_scaler(device, amp):
+    """A GradScaler that is active only for fp16 autocast."""
+    return torch.amp.GradScaler(device.type, enabled=bool(amp) and amp_dtype(device) == torch.float16)
+
+
+def backward_and_step(loss, optimizer, scaler, parameters, grad_clip):
+    """Backward through the (possibly disabled) scaler, clip the gradient norm, step."""
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 class Dist:
@@ -261,6 +284,23 @@ class Dist:
     def close(self):
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def release_freed_memory():
+    """Hand memory that glibc keeps from freed tensors back to the OS (malloc_trim). On a CPU the
+    heap otherwise grows to about twice the live activations as the paths vary; no-op elsewhere."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+            _MALLOC_TRIM = ctypes.CDLL('libc.so.6').malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
 
 
 # --- checkpoints ------------------------------------------------------------------------------------

@@ -1,14 +1,19 @@
-"""Throughput benchmarks; prints one JSON object.
+"""Throughput benchmarks of the three stages; prints one JSON object.
 
-    python3 benchmarks/bench.py                       # full settings, CPU
-    python3 benchmarks/bench.py --device cuda         # on a GPU
+    python3 benchmarks/bench.py                       # the default workloads, CPU (a few minutes)
+    python3 benchmarks/bench.py --levers              # also each speed lever switched off, to see what it gives
+    python3 benchmarks/bench.py --device cuda         # on a GPU (adds AMP variants; under 5 minutes)
     python3 benchmarks/bench.py --tiny                # seconds; what CI runs so the script cannot rot
 
-Each workload runs in its own Python process (so its peak RSS is its own); its time is the median
-of --repeats timed runs after --warmup untimed ones. Synthetic data, fp32, the thread count of
-torch (set OMP_NUM_THREADS / --threads to change it).
+Each workload runs in its own Python process (so its peak RSS is its own); its time is the median of
+`repeats` timed runs after `warmup` untimed ones. Synthetic data, fp32 unless a variant says amp, the
+thread count torch picks (OMP_NUM_THREADS changes it). Settings: supernet C=16, 8 layers, batch 64;
+scoring with 256 BN images (batch 64) and 512 validation images, stds 0.001/0.003/0.006;
+NetworkCIFAR C=16, 8 layers, batch 64, GENAS_FLATNESS_CIFAR10 with auxiliary head, drop-path 0.2 and
+cutout 16 (the DARTS protocol).
 """
 import argparse
+import copy
 import json
 import random
 import resource
@@ -23,102 +28,20 @@ sys.path.insert(0, str(ROOT))
 
 SCORE_METRICS = ['wlm', 'angle', 'acc', 'angle+wlm']
 WORKLOADS = ['supernet_train'] + [f'score_{m}' for m in SCORE_METRICS] + ['retrain_cifar']
+# Each lever switched off (or the reference's way), to measure what it gives.
+LEVERS = ['supernet_train:contiguous', 'supernet_train:reference_forward', 'supernet_train:low_memory',
+          'score_wlm:contiguous',
+          'score_wlm:reference_forward', 'score_wlm:no_grad', 'score_wlm:test_batch_256', 'score_wlm:deepcopy',
+          'retrain_cifar:contiguous', 'data:tensor_batches', 'data:pil_per_image']
+GPU_VARIANTS = ['supernet_train:amp', 'retrain_cifar:amp', 'score_wlm:test_batch_64']
 
 
 def settings(tiny):
     if tiny:
         return {'C': 4, 'layers': 3, 'batch': 8, 'steps': 2, 'warmup': 1, 'repeats': 2,
-                'bn_images': 16, 'val_images': 32, 'test_batch': 32, 'stds': [0.001, 0.003, 0.006]}
+                'bn_images': 16, 'val_images': 32, 'stds': [0.001, 0.003, 0.006]}
     return {'C': 16, 'layers': 8, 'batch': 64, 'steps': 10, 'warmup': 3, 'repeats': 5,
-            'bn_images': 256, 'val_images': 512, 'test_batch': 256, 'stds': [0.001, 0.003, 0.006]}
-
-
-def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def bench_supernet_train(device, s, channels_last=True):
-    """Images/s of stage-1 SPOS steps (random path each step), as train_supernet/train.py runs them."""
-    import torch
-    import genotypes
-    from data import BatchLoader, synthetic_arrays
-    from train_supernet.super_model import Network
-    from train_supernet.train import train_step
-    torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = Network(s['C'], 10, s['layers']).to(device).to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
-    data = synthetic_arrays(s['batch'] * s['steps'])
-    loader = BatchLoader(data, torch.arange(len(data)), s['batch'], device, shuffle=True, augment=True,
-                         memory_format=fmt)
-    rng, crit = random.Random(0), torch.nn.CrossEntropyLoss()
-
-    def run():
-        for x, y in loader:
-            train_step(model, x, y, genotypes.random_candidate(rng), opt, crit, 5.0)
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-    times = _timed(run, s)
-    return {'images_per_s': s['batch'] * s['steps'] / statistics.median(times), 'seconds': times}
-
-
-def bench_score(device, s, metric):
-    """Seconds per candidate of a stage-2 metric (a new random candidate each time, as in a search)."""
-    import argparse
-    import torch
-    import genotypes
-    from data import load_search_data
-    from evolutionary_search.metrics import METRICS, ScoringContext
-    from train_supernet.super_model import Network
-    torch.manual_seed(0)
-    init = Network(s['C'], 10, s['layers']).to(device)
-    model = Network(s['C'], 10, s['layers']).to(device).to(memory_format=torch.channels_last).eval()
-    data = load_search_data(argparse.Namespace(dataset='synthetic', data=None, download=False, split_data=1,
-                                               train_portion=0.5, split_seed=0, split_file=None, train_subset=0,
-                                               valid_subset=0, random_label=0))
-    ctx = ScoringContext(model=model, init_model=init, data=data, device=device, seed=0, stds=tuple(s['stds']),
-                         batch_size=s['batch'], test_batch_size=s['test_batch'], max_train_img_size=s['bn_images'],
-                         max_val_img_size=s['val_images'], acc_train_img_size=s['bn_images'],
-                         acc_val_img_size=s['val_images'], wlm_weight=16.0, memory_format=torch.channels_last)
-    rng = random.Random(0)
-
-    def run():
-        METRICS[metric](ctx, genotypes.random_candidate(rng))
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-    times = _timed(run, s)
-    return {'seconds_per_candidate': statistics.median(times), 'seconds': times}
-
-
-def bench_retrain_cifar(device, s, channels_last=True):
-    """Images/s of stage-3 NetworkCIFAR training (GENAS_FLATNESS_CIFAR10, auxiliary head, drop path 0.2,
-    cutout 16: the DARTS protocol), as retrain/retrain.py runs it."""
-    import argparse
-    import torch
-    import genotypes
-    from data import BatchLoader, synthetic_arrays
-    from retrain.model import NetworkCIFAR
-    from retrain.train_loop import train_step
-    torch.manual_seed(0)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = NetworkCIFAR(s['C'], 10, s['layers'], True, genotypes.GENAS_FLATNESS_CIFAR10).to(device)
-    model = model.to(memory_format=fmt).train()
-    model.drop_path_prob = 0.2
-    opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    data = synthetic_arrays(s['batch'] * s['steps'])
-    loader = BatchLoader(data, torch.arange(len(data)), s['batch'], device, shuffle=True, augment=True, cutout=16,
-                         memory_format=fmt)
-    args = argparse.Namespace(amp=False, auxiliary_weight=0.4, grad_clip=5.0)
-    crit = torch.nn.CrossEntropyLoss()
-
-    def run():
-        for x, y in loader:
-            train_step(model, x, y, opt, scaler, crit, args, device, torch.bfloat16)
-        if device.type == 'cuda':
-            torch.cuda.synchronize()
-    times = _timed(run, s)
-    return {'images_per_s': s['batch'] * s['steps'] / statistics.median(times), 'seconds': times}
+            'bn_images': 256, 'val_images': 512, 'stds': [0.001, 0.003, 0.006]}
 
 
 def _timed(fn, s):
@@ -132,16 +55,158 @@ def _timed(fn, s):
     return times
 
 
+def _sync(device):
+    import torch
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def _use_reference_forward():
+    """Make the supernet compute every op's own ReLU and the `none` edges, as the reference does."""
+    from train_supernet.super_model import Network
+    Network.forward_candidate = lambda self, x, c: self.forward_reference(x, c[:14], c[14:])
+
+
+def bench_supernet_train(device, s, variant):
+    """Images/s of stage-1 SPOS steps (a random path each step), as train_supernet/train.py runs them."""
+    import torch
+    import genotypes
+    from data import BatchLoader, synthetic_arrays
+    from train_supernet.super_model import Network
+    from train_supernet.train import train_step
+    from utils import make_scaler, release_freed_memory
+    if variant == 'reference_forward':
+        _use_reference_forward()
+    torch.manual_seed(0)
+    fmt = torch.contiguous_format if variant == 'contiguous' else torch.channels_last
+    model = Network(s['C'], 10, s['layers']).to(device).to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+    data = synthetic_arrays(s['batch'] * s['steps']).to(device)
+    loader = BatchLoader(data, torch.arange(len(data)), s['batch'], device, shuffle=True, augment=True,
+                         memory_format=fmt)
+    rng, crit = random.Random(0), torch.nn.CrossEntropyLoss()
+    amp = variant == 'amp'
+    scaler = make_scaler(device, amp)
+
+    def run():
+        for x, y in loader:
+            train_step(model, x, y, genotypes.random_candidate(rng), opt, crit, 5.0, amp=amp, scaler=scaler)
+            if variant == 'low_memory':
+                release_freed_memory()
+        _sync(device)
+    times = _timed(run, s)
+    return {'images_per_s': s['batch'] * s['steps'] / statistics.median(times), 'seconds': times}
+
+
+def bench_score(device, s, metric, variant):
+    """Seconds per candidate of a stage-2 metric (a new random candidate each time, as in a search)."""
+    import torch
+    import genotypes
+    from data import SearchData, synthetic_arrays
+    from evolutionary_search import metrics
+    from train_supernet.super_model import Network
+    if variant == 'reference_forward':
+        _use_reference_forward()
+    if variant == 'no_grad':
+        metrics.evaluate = torch.no_grad()(metrics.evaluate.__wrapped__)
+    torch.manual_seed(0)
+    fmt = torch.contiguous_format if variant == 'contiguous' else torch.channels_last
+    init = Network(s['C'], 10, s['layers']).to(device)
+    model = Network(s['C'], 10, s['layers']).to(device).to(memory_format=fmt).eval()
+    arrays = synthetic_arrays(2 * max(s['bn_images'], s['val_images']))
+    half = len(arrays) // 2
+    data = SearchData(arrays, torch.arange(half), arrays, torch.arange(half, len(arrays)), 10).resident(device)
+    test_batch = int(variant.rsplit('_', 1)[1]) if variant.startswith('test_batch') else \
+        (64 if device.type == 'cpu' else 512)
+    ctx = metrics.ScoringContext(model=model, init_model=init, data=data, device=device, seed=0,
+                                 stds=tuple(s['stds']), batch_size=s['batch'], test_batch_size=test_batch,
+                                 max_train_img_size=s['bn_images'], max_val_img_size=s['val_images'],
+                                 acc_train_img_size=s['bn_images'], acc_val_img_size=s['val_images'],
+                                 wlm_weight=16.0, memory_format=fmt)
+    rng = random.Random(0)
+
+    def run():
+        if variant == 'deepcopy':        # the reference perturbs a deep copy of the whole supernet
+            ctx.model = copy.deepcopy(model)
+        metrics.METRICS[metric](ctx, genotypes.random_candidate(rng))
+        _sync(device)
+    times = _timed(run, s)
+    return {'seconds_per_candidate': statistics.median(times), 'seconds': times, 'test_batch_size': test_batch}
+
+
+def bench_retrain_cifar(device, s, variant):
+    """Images/s of stage-3 NetworkCIFAR training, as retrain/retrain.py runs it."""
+    import argparse
+    import torch
+    import genotypes
+    from data import BatchLoader, synthetic_arrays
+    from retrain.model import NetworkCIFAR
+    from retrain.train_loop import train_step
+    from utils import make_scaler
+    torch.manual_seed(0)
+    fmt = torch.contiguous_format if variant == 'contiguous' else torch.channels_last
+    model = NetworkCIFAR(s['C'], 10, s['layers'], True, genotypes.GENAS_FLATNESS_CIFAR10).to(device)
+    model = model.to(memory_format=fmt).train()
+    model.drop_path_prob = 0.2
+    opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+    data = synthetic_arrays(s['batch'] * s['steps']).to(device)
+    loader = BatchLoader(data, torch.arange(len(data)), s['batch'], device, shuffle=True, augment=True, cutout=16,
+                         memory_format=fmt)
+    args = argparse.Namespace(amp=variant == 'amp', auxiliary_weight=0.4, grad_clip=5.0)
+    scaler, crit = make_scaler(device, args.amp), torch.nn.CrossEntropyLoss()
+
+    def run():
+        for x, y in loader:
+            train_step(model, x, y, opt, scaler, crit, args, device)
+        _sync(device)
+    times = _timed(run, s)
+    return {'images_per_s': s['batch'] * s['steps'] / statistics.median(times), 'seconds': times}
+
+
+def bench_data(device, s, variant):
+    """Images/s of producing augmented, normalized training batches alone: whole batches cropped and
+    flipped as tensors (ours) or torchvision's per-image PIL transforms in a DataLoader (the reference)."""
+    import torch
+    import torchvision.transforms as T
+    from data import BatchLoader, synthetic_arrays
+    arrays = synthetic_arrays(s['batch'] * s['steps'])
+    if variant == 'tensor_batches':
+        loader = BatchLoader(arrays.to(device), torch.arange(len(arrays)), s['batch'], device, shuffle=True,
+                             augment=True)
+    else:
+        tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                        T.Normalize(arrays.mean, arrays.std)])
+        images = arrays.images.permute(0, 2, 3, 1).numpy()
+
+        class PIL(torch.utils.data.Dataset):
+            def __len__(self):
+                return len(images)
+
+            def __getitem__(self, i):
+                from PIL import Image
+                return tf(Image.fromarray(images[i])), int(arrays.labels[i])
+        loader = torch.utils.data.DataLoader(PIL(), s['batch'], shuffle=True)
+
+    def run():
+        for x, y in loader:
+            x.to(device)
+        _sync(device)
+    times = _timed(run, s)
+    return {'images_per_s': s['batch'] * s['steps'] / statistics.median(times), 'seconds': times}
+
+
 def worker(name, device_name, tiny):
     import torch
     from utils import choose_device
     device = choose_device(device_name)
-    if name.startswith('score_'):
-        result = bench_score(device, settings(tiny), name[len('score_'):])
+    workload, _, variant = name.partition(':')
+    s = settings(tiny)
+    if workload.startswith('score_'):
+        result = bench_score(device, s, workload[len('score_'):], variant)
     else:
-        result = {'supernet_train': bench_supernet_train,
-                  'retrain_cifar': bench_retrain_cifar}[name](device, settings(tiny))
-    result['peak_rss_mb'] = _peak_rss_mb()
+        fn = {'supernet_train': bench_supernet_train, 'retrain_cifar': bench_retrain_cifar, 'data': bench_data}
+        result = fn[workload](device, s, variant)
+    result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result['threads'] = torch.get_num_threads()
     print(json.dumps(result))
 
@@ -150,22 +215,29 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default='cpu', choices=['cpu', 'cuda', 'auto'], help='device (default: cpu)')
     p.add_argument('--tiny', action='store_true', help='tiny shapes, a few steps (default: off)')
-    p.add_argument('--only', default=','.join(WORKLOADS), help=f'comma-separated subset of {WORKLOADS}')
+    p.add_argument('--levers', action='store_true', help='also run every lever switched off (default: off)')
+    p.add_argument('--only', default=None, help=f'comma-separated workloads (default: {",".join(WORKLOADS)})')
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args.worker, args.device, args.tiny)
     import torch
+    names = args.only.split(',') if args.only else list(WORKLOADS)
+    if args.levers:
+        names += LEVERS
+    if args.device == 'cuda' and not args.only:
+        names += GPU_VARIANTS
     out = {'device': args.device, 'torch': torch.__version__, 'threads': torch.get_num_threads(),
            'settings': settings(args.tiny), 'results': {}}
-    for name in args.only.split(','):
-        if name not in WORKLOADS:
-            p.error(f'unknown workload {name!r}; choose from {WORKLOADS}')
+    for name in names:
+        if name not in WORKLOADS + LEVERS + GPU_VARIANTS:
+            p.error(f'unknown workload {name!r}; choose from {WORKLOADS + LEVERS + GPU_VARIANTS}')
         proc = subprocess.run([sys.executable, __file__, '--worker', name, '--device', args.device]
                               + (['--tiny'] if args.tiny else []), capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f'benchmark {name} failed:\n{proc.stderr[-2000:]}')
         out['results'][name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f'{name}: {out["results"][name]}', file=sys.stderr)
     print(json.dumps(out, indent=2))
     return out
 

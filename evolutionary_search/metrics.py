@@ -12,6 +12,7 @@ A score is a pure function of (candidate, ctx.seed, checkpoints, data): BN batch
 alone (every candidate sees the same images), the weight noise from (seed, candidate).
 """
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,7 @@ class ScoringContext:
     seed: int = 0
     stds: tuple = (0.001, 0.003, 0.006)
     batch_size: int = 64              # BN recalibration batches
-    test_batch_size: int = 256        # validation chunks (free: eval mode)
+    test_batch_size: int = 64         # validation chunks (free in eval mode: speed only)
     max_train_img_size: int = 850
     max_val_img_size: int = 25000
     acc_train_img_size: int = 15000   # the acc term of acc+wlm, as the reference
@@ -43,6 +44,25 @@ class ScoringContext:
     bn_momentum: float = None         # None: exact cumulative average
     perturb: str = 'cumulative'       # or 'direct'
     memory_format: torch.memory_format = torch.contiguous_format
+    precision: str = 'fp32'           # numerics of scoring forwards, see `precision`
+
+
+PRECISIONS = ('fp32', 'tf32', 'bf16', 'fp16')
+
+
+@contextmanager
+def precision(ctx):
+    """fp32 (TF32 off, also for cuDNN convolutions, where PyTorch allows it by default), tf32, or bf16 /
+    fp16 autocast. Reduced precision can hide a 0.001 weight perturbation: measure the ranking first
+    (benchmarks/precision_tau.py)."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = ctx.precision == 'tf32'
+    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(ctx.precision)
+    try:
+        with torch.autocast(ctx.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
 
 
 # --- angle ---------------------------------------------------------------------------------------
@@ -150,7 +170,7 @@ def evaluate(model, candidate, loader):
 
 def recalibrated_accuracy(ctx, candidate, train_images, val_images):
     """Top-1 and loss after BN recalibration; the supernet is restored afterwards."""
-    with ctx.model.preserved_path(candidate):
+    with ctx.model.preserved_path(candidate), precision(ctx):
         ctx.model.recalibrate_bn(candidate, bn_batches(ctx, train_images), momentum=ctx.bn_momentum)
         loss, acc = evaluate(ctx.model, candidate, valid_loader(ctx, val_images))
     return acc, loss
@@ -172,7 +192,7 @@ def perturbed_losses(ctx, candidate):
     params = model.path_parameters(candidate)
     gen = torch.Generator(device=ctx.device).manual_seed(derive_seed(ctx.seed, 'noise', list(candidate)))
     losses = []
-    with model.preserved_path(candidate):
+    with model.preserved_path(candidate), precision(ctx):
         model.recalibrate_bn(candidate, bn_batches(ctx, ctx.max_train_img_size), momentum=ctx.bn_momentum)
         clean = [p.detach().clone() for p in params] if ctx.perturb == 'direct' else None
         prev = 0.0

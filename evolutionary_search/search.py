@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import genotypes  # noqa: E402
 from data import add_data_args, load_search_data  # noqa: E402
 from evolutionary_search.evolution import Evolution, cand_key  # noqa: E402
-from evolutionary_search.metrics import METRICS, NEEDS_INIT, ScoringContext  # noqa: E402
+from evolutionary_search.metrics import METRICS, NEEDS_INIT, PRECISIONS, ScoringContext  # noqa: E402
 from train_supernet.super_model import Network  # noqa: E402
 from utils import (ArgumentParser, Run, UserError, atomic_write_text, choose_device, default_run_dir, load_checkpoint,  # noqa: E402
                    load_state_checked, logger, parse_stds, progress, run_cli, seed_everything)
@@ -33,9 +33,9 @@ from utils import (ArgumentParser, Run, UserError, atomic_write_text, choose_dev
 CHECKPOINT = 'search_checkpoint.json'
 # Flags that change scores or proposals: a resumed search must use the same values.
 SCORE_FLAGS = ['metric', 'stds', 'seed', 'max_train_img_size', 'max_val_img_size', 'wlm_weight', 'acc_weight',
-               'batch_size', 'bn_momentum', 'perturb', 'acc_train_img_size', 'acc_val_img_size', 'population_num',
-               'select_num', 'mutation_num', 'crossover_num', 'm_prob', 'dataset', 'split_data', 'train_portion',
-               'split_seed', 'split_file', 'random_label', 'train_subset', 'valid_subset']
+               'batch_size', 'bn_momentum', 'perturb', 'score_precision', 'acc_train_img_size', 'acc_val_img_size',
+               'population_num', 'select_num', 'mutation_num', 'crossover_num', 'm_prob', 'dataset', 'split_data',
+               'train_portion', 'split_seed', 'split_file', 'random_label', 'train_subset', 'valid_subset']
 # Data flags that default to the values the supernet was trained with (stored in stage-1 checkpoints).
 INHERITED = {'dataset': 'cifar100', 'data': None, 'split_data': 1, 'train_portion': 0.5, 'split_seed': 0,
              'split_file': None}
@@ -53,8 +53,9 @@ def get_args_parser():
     g.add_argument('--init_model_path', default=None, help='supernet checkpoint before training (angle metrics)')
     g.add_argument('--model_path', default=None, help='trained supernet checkpoint')
     g.add_argument('--batch_size', type=int, default=64, help='BN recalibration batch size')
-    g.add_argument('--test_batch_size', type=int, default=256,
-                   help='validation batch size (eval mode: does not change scores, only speed)')
+    g.add_argument('--test_batch_size', type=int, default=None,
+                   help='validation batch size (eval mode: changes speed only); None: 64 on a CPU (larger '
+                        'batches are slower there), 512 on a GPU')
     g.add_argument('--seed', type=int, default=3, help='seed of the evolution, BN batches and weight noise')
     g.add_argument('--save', default=None, help='run directory; None means runs/search-<metric>-<time>')
     g.add_argument('-r', '--refresh', action='store_true', help='ignore a search checkpoint in --save and start over')
@@ -86,6 +87,9 @@ def get_args_parser():
                    help='named genotype or genotype .json to score instead of searching (repeatable)')
     g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels-last memory format (faster on CPU)')
+    g.add_argument('--score_precision', default='fp32', choices=PRECISIONS,
+                   help='numerics of scoring: fp32 (TF32 off), tf32, bf16 or fp16 autocast; see the README for '
+                        'the measured ranking agreement before using anything but fp32')
     g.add_argument('--stop_after', type=int, default=0,
                    help='stop after scoring N candidates in this invocation (resumable; 0: off)')
     return p
@@ -98,7 +102,7 @@ def parse_args(argv=None):
     args.stds = parse_stds(args.stds)
     for flag in ('max_train_img_size', 'max_val_img_size', 'batch_size', 'test_batch_size', 'max_epochs',
                  'population_num', 'select_num'):
-        if getattr(args, flag) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UserError(f'--{flag} must be >= 1')
     if args.mutation_num + args.crossover_num > args.population_num:
         raise UserError('--mutation_num + --crossover_num must not exceed --population_num')
@@ -147,12 +151,14 @@ def build_context(args):
         if init_model._C != model._C or init_model._layers != model._layers:
             raise UserError('--init_model_path and --model_path hold supernets of different shapes')
     fill_inherited(args, trained_args)
-    data = load_search_data(args)
+    data = load_search_data(args).resident(device)
     if data.num_classes != model._num_classes:
         raise UserError(f'{args.model_path} has {model._num_classes} classes but --dataset {args.dataset} has '
                         f'{data.num_classes}; pass the dataset the supernet was trained on')
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=fmt).eval()
+    if args.test_batch_size is None:
+        args.test_batch_size = 64 if device.type == 'cpu' else 512
     if init_model is not None:
         init_model = init_model.to(device)
     return ScoringContext(model=model, init_model=init_model, data=data, device=device, seed=args.seed,
@@ -160,7 +166,7 @@ def build_context(args):
                           max_train_img_size=args.max_train_img_size, max_val_img_size=args.max_val_img_size,
                           acc_train_img_size=args.acc_train_img_size, acc_val_img_size=args.acc_val_img_size,
                           wlm_weight=args.wlm_weight, acc_weight=args.acc_weight, bn_momentum=args.bn_momentum,
-                          perturb=args.perturb, memory_format=fmt)
+                          perturb=args.perturb, memory_format=fmt, precision=args.score_precision)
 
 
 def format_components(info):

@@ -33,7 +33,8 @@ from retrain.model import NetworkCIFAR, NetworkImageNet  # noqa: E402
 from retrain.train_loop import evaluate, make_loaders, train_one_epoch  # noqa: E402
 from utils import (ArgumentParser, Dist, Run, UserError, check_new_run_dir, choose_device, count_macs,  # noqa: E402
                    count_parameters, default_run_dir, derive_seed, get_rng_state, load_checkpoint,
-                   load_state_checked, logger, run_cli, save_checkpoint, seed_everything, setup_logging)
+                   load_state_checked, logger, make_scaler, run_cli, save_checkpoint, seed_everything,
+                   setup_logging)
 
 CHECKPOINT, BEST = 'checkpoint.pth.tar', 'model_best.pth.tar'
 DATASETS = ['imagenet', 'cifar10', 'cifar100', 'fashion-mnist', 'synthetic']
@@ -209,8 +210,7 @@ def main(args):
     optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(args))
-    amp_dtype = torch.bfloat16 if device.type == 'cpu' or torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
+    scaler = make_scaler(device, args.amp)
     start_epoch, best_acc = 0, 0.0
     if args.resume:
         start_epoch, best_acc = resume_state(args, model, optimizer, scheduler, scaler)
@@ -239,7 +239,7 @@ def main(args):
         model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
         lr = optimizer.param_groups[0]['lr']
         t0 = time.time()
-        train = train_one_epoch(net, loaders[0], optimizer, scaler, criterion, device, dist, args, epoch, amp_dtype)
+        train = train_one_epoch(net, loaders[0], optimizer, scaler, criterion, device, dist, args, epoch)
         scheduler.step()
         dist.broadcast_buffers(model)              # evaluate (and save) exactly rank 0's model
         val = evaluate(model, loaders[1], device, dist, args)

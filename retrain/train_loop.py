@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from data import BatchLoader, imagenet_folders, load_arrays
-from utils import UserError, logger, progress, topk_correct
+from utils import UserError, amp_dtype, backward_and_step, logger, progress, topk_correct
 
 
 def make_loaders(args, device, dist):
@@ -24,6 +24,8 @@ def make_loaders(args, device, dist):
         return (train, val, len(train_set), len(val_set)), len(train_set.classes)
     train_set = load_arrays(args.dataset, args.data, train=True, download=args.download)
     test_set = load_arrays(args.dataset, args.data, train=False, download=args.download)
+    if device.type == 'cuda':                      # whole sets resident on the GPU, batches never copied
+        train_set, test_set = train_set.to(device), test_set.to(device)
     train_idx = torch.arange(len(train_set))
     if args.train_subset:
         train_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))[:args.train_subset]
@@ -51,24 +53,19 @@ def set_epoch(loader, epoch):
         loader.sampler.set_epoch(epoch)
 
 
-def train_step(net, x, y, optimizer, scaler, criterion, args, device, amp_dtype):
+def train_step(net, x, y, optimizer, scaler, criterion, args, device):
     """Forward (with the auxiliary loss), backward, clip, step; returns (logits, loss)."""
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+    with torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp):
         logits, logits_aux = net(x)
         loss = criterion(logits, y)
         if logits_aux is not None:
             loss = loss + args.auxiliary_weight * criterion(logits_aux, y)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if args.grad_clip > 0:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
+    backward_and_step(loss, optimizer, scaler, net.parameters(), args.grad_clip)
     return logits, loss
 
 
-def train_one_epoch(net, loader, optimizer, scaler, criterion, device, dist, args, epoch, amp_dtype):
+def train_one_epoch(net, loader, optimizer, scaler, criterion, device, dist, args, epoch):
     """One epoch; returns the loss / top-1 over all processes and the global images per second."""
     net.train()
     set_epoch(loader, epoch)
@@ -79,7 +76,7 @@ def train_one_epoch(net, loader, optimizer, scaler, criterion, device, dist, arg
     bar = progress(_batches(loader, device, fmt), is_main=dist.is_main, total=len(loader),
                    desc=f'epoch {epoch + 1}/{args.epochs}')
     for step, (x, y) in enumerate(bar):
-        logits, loss = train_step(net, x, y, optimizer, scaler, criterion, args, device, amp_dtype)
+        logits, loss = train_step(net, x, y, optimizer, scaler, criterion, args, device)
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
@@ -104,10 +101,9 @@ def evaluate(model, loader, device, dist, args):
     """Exact top-1 / top-5 / mean loss over the whole validation set (sums reduced over processes)."""
     model.eval()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    amp_dtype = torch.bfloat16 if device.type == 'cpu' or torch.cuda.is_bf16_supported() else torch.float16
     loss_sum, c1, c5, seen = 0.0, 0, 0, 0
     for x, y in progress(_batches(loader, device, fmt), is_main=dist.is_main, total=len(loader), desc='val'):
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp):
             logits, _ = model(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction='sum').item()
         top1, top5 = topk_correct(logits, y, (1, 5))

@@ -128,3 +128,43 @@ def test_partial_or_corrupt_fashion_mnist(fmnist, tmp_path):
         f.write(raw[:1000])                             # truncated
     with pytest.raises(UserError, match='truncated or corrupted'):
         D.load_arrays('fashion-mnist', tmp_path)
+
+
+def test_batched_augmentation_matches_torchvision_distribution():
+    """Same padding (zeros, 4), same crop offsets (uniform 0..8 each way), same flip rate as
+    RandomCrop(32, padding=4) + RandomHorizontalFlip applied image by image."""
+    import torchvision.transforms as T
+    n = 4000
+    ramp = (torch.arange(32 * 32).view(1, 32, 32) % 251 + 1).float()      # positive, position-coded
+    img = ramp.expand(3, 32, 32).contiguous()
+    padded = F.pad(img, (4, 4, 4, 4))
+    windows = {(dy, dx, f): (padded[:, dy:dy + 32, dx:dx + 32].flip(2) if f else padded[:, dy:dy + 32, dx:dx + 32])
+               for dy in range(9) for dx in range(9) for f in (0, 1)}
+    keys = {w[0, :, :].numpy().tobytes(): k for k, w in windows.items()}
+
+    def histogram(batch):
+        counts = torch.zeros(9, 9)
+        flips = 0
+        for x in batch:
+            dy, dx, f = keys[x[0].numpy().tobytes()]
+            counts[dy, dx] += 1
+            flips += f
+        return counts / len(batch), flips / len(batch)
+
+    torch.manual_seed(0)
+    tv = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()])
+    ref_counts, ref_flips = histogram([tv(img) for _ in range(n)])
+    ours_counts, ours_flips = histogram(D.augment_batch(img.expand(n, 3, 32, 32), torch.Generator().manual_seed(1)))
+    assert (ref_counts > 0).all() and (ours_counts > 0).all()          # the same 81 offsets
+    assert (ref_counts - 1 / 81).abs().max() < 0.012 and (ours_counts - 1 / 81).abs().max() < 0.012
+    assert abs(ref_flips - 0.5) < 0.03 and abs(ours_flips - 0.5) < 0.03
+
+
+def test_resident_data_gives_the_same_batches():
+    data = D.synthetic_arrays(64)
+    moved = data.to('cpu')
+    a = D.BatchLoader(data, torch.arange(64), 16, 'cpu', shuffle=True, augment=True, cutout=8, seed=3)
+    b = D.BatchLoader(moved, torch.arange(64), 16, 'cpu', shuffle=True, augment=True, cutout=8, seed=3,
+                      memory_format=torch.channels_last)
+    for (x1, y1), (x2, y2) in zip(a, b):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2) and x2.is_contiguous(memory_format=torch.channels_last)

@@ -190,3 +190,34 @@ def test_angle_vector_layout_by_hand():
               net.classifier.weight]
     by_hand = torch.cat([p.detach().reshape(-1).double() for p in parts])
     assert torch.equal(M.angle_vector(net, cand), by_hand)
+
+
+def test_channels_last_scores_agree(ctx):
+    cl = copy.copy(ctx)
+    cl.model = copy.deepcopy(ctx.model).to(memory_format=torch.channels_last)
+    cl.memory_format = torch.channels_last
+    for metric in ('wlm', 'acc'):
+        a, b = M.METRICS[metric](ctx, CAND), M.METRICS[metric](cl, CAND)
+        assert b['score'] == pytest.approx(a['score'], rel=1e-5)
+
+
+@pytest.mark.parametrize('precision', ['bf16', 'tf32'])
+def test_reduced_precision_scoring_runs_and_restores(ctx, precision):
+    low = copy.copy(ctx)
+    low.precision = precision
+    before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
+    info = M.score_wlm(low, CAND)
+    assert math.isfinite(info['score']) and len(info['losses']) == 3
+    assert all(torch.equal(v, before[k]) for k, v in ctx.model.state_dict().items())
+    if precision == 'tf32':      # no effect on a CPU: identical to fp32
+        assert info == M.score_wlm(ctx, CAND)
+
+
+def test_kendall_tau_by_hand():
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from precision_tau import kendall_tau
+    assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx((5 - 1) / 6)     # one discordant pair of 6
+    assert kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(3 * 2))  # tau-b with a tie
+    assert kendall_tau([3, 2, 1], [1, 2, 3]) == -1.0

@@ -192,3 +192,21 @@ def test_fashion_mnist_retrain_of_the_searched_cell(readme_runs):
     block = next(proc for _, body, proc in results if '--evaluate runs/retrain-fmnist' in body)
     evaluated = json.loads(block.stdout.strip().splitlines()[-1])
     assert evaluated['val_top1'] == recs[-1]['val_top1'] and evaluated['val_images'] == 2000
+
+
+def test_channels_last_gives_the_same_first_step_loss():
+    import copy
+    from retrain.train_loop import train_step
+    torch.manual_seed(0)
+    base = NetworkCIFAR(8, 10, 3, True, G.GENAS_FLATNESS_CIFAR10)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    args = argparse.Namespace(amp=False, auxiliary_weight=0.4, grad_clip=5.0)
+    losses = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        net = copy.deepcopy(base).to(memory_format=fmt)
+        opt = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9)
+        scaler = torch.amp.GradScaler('cpu', enabled=False)
+        _, loss = train_step(net, x.contiguous(memory_format=fmt), y, opt, scaler, torch.nn.CrossEntropyLoss(), args,
+                             torch.device('cpu'))
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)

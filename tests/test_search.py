@@ -132,3 +132,16 @@ def test_fashion_mnist_wlm_search_writes_a_loadable_genotype(readme_runs):
     scores = [json.loads(ln) for ln in (sandbox / 'scores.jsonl').read_text().splitlines()]
     assert [s['name'] for s in scores] == ['GENAS_FLATNESS_CIFAR10', 'DARTS_V2']
     assert all({'angle', 'wlm', 'losses', 'score'} <= set(s) for s in scores)
+
+
+def test_precision_tau_script(supernet, capsys):
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    import precision_tau
+    out = precision_tau.main(['--model_path', str(supernet / 'checkpoint_epoch_1.pth.tar'), '--candidates', '4',
+                              '--precisions', 'bf16,tf32', '--max_train_img_size', '32', '--max_val_img_size', '64'])
+    assert set(out['results']) == {'fp32', 'bf16', 'tf32'}
+    assert out['results']['fp32']['kendall_tau_vs_fp32'] == 1.0
+    assert out['results']['tf32']['max_relative_score_change'] == 0.0      # TF32 means nothing on a CPU
+    assert -1 <= out['results']['bf16']['slope_kendall_tau_vs_fp32'] <= 1

@@ -47,8 +47,8 @@ def test_every_op_on_every_edge_is_reachable_and_runs():
     for cell in range(3):
         for e in range(14):
             for code in range(8):
-                net.cells[cell]._ops[e]._ops[code].register_forward_hook(
-                    lambda m, i, o, key=(cell, e, code): ran.add(key))
+                for mod in net.cells[cell]._ops[e]._ops[code].modules():   # the op or any of its layers
+                    mod.register_forward_hook(lambda m, i, o, key=(cell, e, code): ran.add(key))
     base = G.encode(G.DARTS_V2)
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
@@ -86,25 +86,28 @@ def test_forward_touches_only_the_path():
     assert len(on_path) == len(net.path_parameters(cand))     # each parameter listed once
 
 
-def test_skipping_none_equals_summing_zero_ops():
+def test_fast_forward_equals_the_literal_formulation():
+    """Shared ReLUs and skipped `none` edges compute exactly what one ReLU per op and summed zeros do."""
     torch.manual_seed(0)
-    net = Network(C=4, num_classes=5, layers=3).eval()
-    cand = G.random_candidate(random.Random(1))
-    x = torch.randn(2, 3, 16, 16)
-
-    def reference_forward(x):
-        s0 = s1 = net.stem(x)
-        for cell in net.cells:
-            codes = cand[14:] if cell.reduction else cand[:14]
-            states, offset = [cell.preprocess0(s0), cell.preprocess1(s1)], 0
-            for _ in range(4):
-                states.append(sum(cell._ops[offset + j](h, codes[offset + j]) for j, h in enumerate(states)))
-                offset += len(states) - 1
-            s0, s1 = s1, torch.cat(states[-4:], 1)
-        return net.classifier(net.global_pooling(s1).flatten(1))
-
-    with torch.no_grad():
-        assert torch.equal(net.forward_candidate(x, cand), reference_forward(x))
+    net = Network(C=4, num_classes=5, layers=4)
+    x = torch.randn(3, 3, 16, 16)
+    for seed in range(5):
+        cand = G.random_candidate(random.Random(seed))
+        net.eval()
+        with torch.no_grad():
+            assert torch.equal(net.forward_candidate(x, cand), net.forward_reference(x, cand[:14], cand[14:]))
+        net.train()
+        fast = net.forward_candidate(x, cand)
+        fast.sum().backward()
+        grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+        net.zero_grad(set_to_none=True)
+        ref = net.forward_reference(x, cand[:14], cand[14:])
+        assert torch.equal(fast, ref)
+        ref.sum().backward()
+        for n, p in net.named_parameters():
+            if n in grads:
+                assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-6), n
+        net.zero_grad(set_to_none=True)
 
 
 def test_recalibration_uses_an_exact_cumulative_average_and_is_restored():

@@ -66,11 +66,14 @@ def test_checkpoints_layout_and_initial_weights(tmp_path):
 def test_inplace_zeroing_keeps_decaying_unsampled_ops(tmp_path):
     """PyTorch 1.7 semantics: an op sampled once keeps getting weight decay after it leaves the path."""
     results = {}
-    for mode in ('inplace', 'none'):
+    for mode, extra in (('inplace', []), ('none', []), ('low_memory', ['--low_memory'])):
         run = tmp_path / mode
-        args = train.parse_args([str(a) for a in TINY] + ['--epochs', '1', '--zero_grad', mode, '--save', str(run)])
+        zero = 'none' if mode == 'none' else 'inplace'
+        args = train.parse_args([str(a) for a in TINY] + ['--epochs', '1', '--zero_grad', zero, '--save', str(run)] + extra)
         train.main(args)
         results[mode] = torch.load(run / 'last.pth.tar')
+    for k, v in results['inplace']['state_dict'].items():      # --low_memory changes memory, not results
+        assert torch.equal(v, results['low_memory']['state_dict'][k]), k
     # with set_to_none only the last step's path holds gradients; in place, every op ever sampled does
     assert set(results['none']['grad_mask']) < set(results['inplace']['grad_mask'])
     a, b = results['inplace']['state_dict'], results['none']['state_dict']
@@ -116,3 +119,25 @@ def test_runs_from_its_own_folder_as_the_reference_documents(tmp_path):
     from conftest import ROOT
     run_script('train_supernet/train.py', *TINY, '--epochs', 1, '--save', tmp_path / 'run', cwd=ROOT / 'train_supernet')
     assert (tmp_path / 'run' / 'checkpoint_epoch_1.pth.tar').exists()
+
+
+def test_fast_paths_give_the_same_first_step_loss():
+    """channels_last and the shared-ReLU / skipped-none forward change speed, not the first loss."""
+    import copy
+    import genotypes
+    torch.manual_seed(0)
+    base = Network(4, 10, 3)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    cand = genotypes.encode(genotypes.DARTS_V2)
+    losses = []
+    for channels_last in (False, True):
+        net = copy.deepcopy(base)
+        if channels_last:
+            net, xx = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        else:
+            xx = x
+        opt = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9)
+        _, loss = train.train_step(net, xx, y, cand, opt, torch.nn.CrossEntropyLoss(), 5.0)
+        losses.append(loss.item())
+    ref = torch.nn.functional.cross_entropy(copy.deepcopy(base).forward_reference(x, cand[:14], cand[14:]), y)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] == pytest.approx(ref.item(), rel=1e-6)

@@ -50,7 +50,14 @@ class SuperCell(nn.Module):
                 self._ops.append(MixedOp(C, 2 if reduction and j < 2 else 1))
 
     def forward(self, s0, s1, codes):
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        return self.forward_relu(torch.relu(s0), torch.relu(s1), codes)
+
+    def forward_relu(self, r0, r1, codes):
+        """Cell output from relu(s0), relu(s1): both preprocessing ops start with a ReLU. Every state
+        is rectified once, however many ops read it; ops that start with a ReLU run `after_relu`
+        (same values, less memory and time than one ReLU per op)."""
+        states = [self.preprocess0.after_relu(r0), self.preprocess1.after_relu(r1)]
+        rectified = {}
         offset = 0
         for _ in range(self._steps):
             # `none` edges contribute exact zeros, so they are skipped rather than computed; adding
@@ -60,12 +67,28 @@ class SuperCell(nn.Module):
                 code = int(codes[offset + j])
                 if code == 0:
                     continue
-                out = self._ops[offset + j](h, code)
+                op = self._ops[offset + j]._ops[code]
+                if hasattr(op, 'after_relu'):
+                    if j not in rectified:
+                        rectified[j] = torch.relu(h)
+                    out = op.after_relu(rectified[j])
+                else:
+                    out = op(h)
                 node = out if node is None else node + out
             if node is None:   # a node with only `none` inputs (never in a valid candidate)
                 node = self._ops[offset](states[0], 0)
             offset += len(states)
             states.append(node)
+        return torch.cat(states[-self._multiplier:], dim=1)
+
+    def forward_reference(self, s0, s1, codes):
+        """The literal formulation (every op applies its own ReLU, `none` edges add computed zeros):
+        the same values as `forward`, slower; kept to test and to measure the fast path against."""
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self._steps):
+            states.append(sum(self._ops[offset + j](h, int(codes[offset + j])) for j, h in enumerate(states)))
+            offset += len(states) - 1
         return torch.cat(states[-self._multiplier:], dim=1)
 
     def path_modules(self, codes):
@@ -103,12 +126,22 @@ class Network(nn.Module):
         self.classifier = nn.Linear(C_prev, num_classes)
 
     def forward(self, x, normal_codes, reduce_codes):
-        # x: (N, 3, H, W) -> logits (N, num_classes)
+        # x: (N, 3, H, W) -> logits (N, num_classes). A cell's output feeds the next two cells only
+        # through their preprocessing ReLUs, so it is rectified once here (the last one not at all).
+        out = self.stem(x)
+        r0 = r1 = torch.relu(out)
+        for i, cell in enumerate(self.cells):
+            out = cell.forward_relu(r0, r1, reduce_codes if cell.reduction else normal_codes)
+            if i + 1 < len(self.cells):
+                r0, r1 = r1, torch.relu(out)
+        return self.classifier(self.global_pooling(out).flatten(1))
+
+    def forward_reference(self, x, normal_codes, reduce_codes):
+        """`forward` through SuperCell.forward_reference (no shared ReLUs, computed `none` edges)."""
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, reduce_codes if cell.reduction else normal_codes)
-        out = self.global_pooling(s1)
-        return self.classifier(out.flatten(1))
+            s0, s1 = s1, cell.forward_reference(s0, s1, reduce_codes if cell.reduction else normal_codes)
+        return self.classifier(self.global_pooling(s1).flatten(1))
 
     def forward_candidate(self, x, candidate):
         """Forward with one 28-int candidate (normal 14, then reduce 14)."""
