@@ -274,6 +274,30 @@ class Dist:
             dist.all_reduce(t)
         return t.tolist()
 
+    def all_gather_object(self, obj):
+        """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def from_main(self, fn):
+        """fn() run on rank 0 only, its result (or its UserError) given to every rank."""
+        result = None
+        if self.is_main:
+            try:
+                result = ('ok', fn())
+            except UserError as e:
+                result = ('error', str(e))
+        if self.enabled:
+            box = [result]
+            dist.broadcast_object_list(box, 0)
+            result = box[0]
+        if result[0] == 'error':
+            raise UserError(result[1])
+        return result[1]
+
     def broadcast_buffers(self, model):
         """Give every rank rank 0's buffers (BN statistics). DDP syncs them at the start of each training
         forward, so after the last step each rank holds statistics updated by its own batch only."""

@@ -26,11 +26,11 @@ import genotypes  # noqa: E402
 from data import add_data_args, load_search_data  # noqa: E402
 from evolutionary_search.evolution import Evolution, cand_key  # noqa: E402
 from evolutionary_search.metrics import METRICS, NEEDS_INIT, PRECISIONS, ScoringContext  # noqa: E402
+from evolutionary_search.runner import CHECKPOINT, read_search, run_search, score_given  # noqa: E402
 from train_supernet.super_model import Network  # noqa: E402
-from utils import (ArgumentParser, Run, UserError, atomic_write_text, choose_device, default_run_dir, load_checkpoint,  # noqa: E402
-                   load_state_checked, logger, parse_stds, progress, run_cli, seed_everything)
+from utils import (ArgumentParser, Dist, Run, UserError, choose_device, default_run_dir, load_checkpoint,  # noqa: E402
+                   load_state_checked, logger, parse_stds, run_cli, seed_everything)
 
-CHECKPOINT = 'search_checkpoint.json'
 # Flags that change scores or proposals: a resumed search must use the same values.
 SCORE_FLAGS = ['metric', 'stds', 'seed', 'max_train_img_size', 'max_val_img_size', 'wlm_weight', 'acc_weight',
                'batch_size', 'bn_momentum', 'perturb', 'score_precision', 'acc_train_img_size', 'acc_val_img_size',
@@ -139,9 +139,8 @@ def fill_inherited(args, trained_args):
             setattr(args, k, trained_args.get(k, fallback))
 
 
-def build_context(args):
+def build_context(args, device):
     """Load checkpoints and data; everything that can fail on user input fails here."""
-    device = choose_device(args.device)
     model, trained_args = load_supernet(args.model_path, args)
     init_model = None
     if args.metric in NEEDS_INIT:
@@ -169,10 +168,6 @@ def build_context(args):
                           perturb=args.perturb, memory_format=fmt, precision=args.score_precision)
 
 
-def format_components(info):
-    return ' '.join(f'{k} {v:.6g}' for k, v in info.items() if isinstance(v, float))
-
-
 # --- scoring given candidates -------------------------------------------------------------------------
 
 def read_candidates(args):
@@ -197,118 +192,39 @@ def read_candidates(args):
     return out
 
 
-def score_given(ctx, args, run, todo):
-    results = []
-    scorer = METRICS[args.metric]
-    with open(run.path / 'scores.jsonl', 'a') as f:
-        for name, cand in progress(todo, desc='scoring'):
-            record = {'name': name, 'candidate': cand, 'metric': args.metric, **scorer(ctx, cand)}
-            line = json.dumps(record)
-            print(line, flush=True)
-            f.write(line + '\n')
-            logger.info('%s score %.6g %s', name, record['score'], format_components(record))
-            results.append(record)
-    return results
-
-
-# --- the search -------------------------------------------------------------------------------------
-
-def save_search(run, evo, args):
-    atomic_write_text(run.path / CHECKPOINT, json.dumps({'args': {k: getattr(args, k) for k in SCORE_FLAGS},
-                                                         'evolution': evo.state_dict()}))
-
-
-def load_search(path, args, evo):
-    try:
-        doc = json.loads(Path(path).read_text())
-        saved, state = doc['args'], doc['evolution']
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f'cannot resume from {path}: not a search checkpoint ({e!r}); start over with -r/--refresh')
-    changed = [f'--{k} {saved.get(k)} -> {getattr(args, k)}' for k in SCORE_FLAGS if saved.get(k) != getattr(args, k)]
-    if changed:
-        raise UserError(f'{path} was written with other flags ({"; ".join(changed)}); use the original flags, '
-                        'or -r/--refresh to start over')
-    evo.load_state_dict(state)
-
-
-def log_generation(run, summary, metric):
-    best = summary['top_k'][0]
-    logger.info('generation %d: best %.6g mean %.6g (%d scored) best %s %s', summary['generation'],
-                summary['best_score'], summary['mean_score'], summary['scored'], cand_key(best['candidate']),
-                format_components({k: v for k, v in best.items() if k != 'candidate'}))
-    run.log_metrics(summary)
-    if run.tb is not None:
-        run.tb.add_scalar(f'{metric}/best_score', summary['best_score'], summary['generation'])
-        run.tb.add_scalar(f'{metric}/mean_score', summary['mean_score'], summary['generation'])
-        run.tb.flush()
-
-
-def write_genotype(run, evo, args):
-    top = evo.best(10)
-    best, info = top[0]
-    geno = genotypes.decode(best)
-    path = genotypes.save_genotype(
-        run.path / 'genotype.json', geno, name=f'searched_{args.metric}', metric=args.metric, score=info['score'],
-        components=info, top10=[{'candidate': c, 'genotype': genotypes.genotype_to_dict(genotypes.decode(c)), **i}
-                                for c, i in top],
-        checkpoints={'model_path': os.path.abspath(args.model_path),
-                     'init_model_path': os.path.abspath(args.init_model_path) if args.init_model_path else None},
-        args={k: v for k, v in vars(args).items()})
-    return path, geno, info
-
-
-def search(ctx, args, run, evo):
-    scorer = METRICS[args.metric]
-    evo.start()
-    scored_now = 0
-    total = args.max_epochs * args.population_num
-    bar = progress(None, total=total, initial=len(evo.scores), desc='candidates')
-    while not evo.done:
-        for cand in evo.pending():
-            info = scorer(ctx, cand)
-            evo.record(cand, info)
-            save_search(run, evo, args)
-            bar.update(1)
-            bar.set_postfix(gen=evo.generation + 1, best=evo.scores[evo.top_k[0]]['score'] if evo.top_k else None)
-            scored_now += 1
-            if args.stop_after and scored_now >= args.stop_after:
-                bar.close()
-                logger.info('stopping after %d candidates as asked (--stop_after); continue with --resume %s',
-                            scored_now, run.path / CHECKPOINT)
-                return None
-        summary = evo.finish_generation()
-        save_search(run, evo, args)
-        log_generation(run, summary, args.metric)
-    bar.close()
-    return write_genotype(run, evo, args)
-
-
 def main(args):
+    dist = Dist()
+    device = choose_device(args.device, dist.local_rank)
     seed_everything(args.seed)
     todo = read_candidates(args) if (args.candidates or args.arch) else None
-    ctx = build_context(args)
+    ctx = build_context(args, device)
+    dist.init(device)
     evo = Evolution(args.max_epochs, args.population_num, args.select_num, args.mutation_num, args.crossover_num,
                     args.m_prob, seed=args.seed)
     ckpt_path = args.resume or os.path.join(args.save, CHECKPOINT)
-    resuming = todo is None and os.path.isfile(ckpt_path) and not args.refresh
     if args.resume and not os.path.isfile(args.resume):
         raise UserError(f'--resume {args.resume} does not exist; pass the {CHECKPOINT} of a search run directory')
-    if resuming:
-        load_search(ckpt_path, args, evo)
-    run = Run(args.save, args)
+    resuming = todo is None and not args.refresh and dist.from_main(lambda: os.path.isfile(ckpt_path))
+    if resuming:      # rank 0 reads it; run_search hands the state to the other ranks
+        state = dist.from_main(lambda: read_search(ckpt_path, args, SCORE_FLAGS))
+        if dist.is_main:
+            evo.load_state_dict(state)
+    run = Run(args.save, args, is_main=dist.is_main)
     if todo is not None:
-        logger.info('scoring %d given candidates with %s', len(todo), args.metric)
-        results = score_given(ctx, args, run, todo)
+        logger.info('scoring %d given candidates with %s on %d process(es)', len(todo), args.metric, dist.world_size)
+        results = score_given(ctx, args, run, todo, dist)
         run.close()
+        dist.close()
         return results
-    if resuming:
+    if resuming and dist.is_main:
         run.metrics_file.write_text(''.join(json.dumps(s) + '\n' for s in evo.history))
         logger.info('resumed from %s: generation %d, %d candidates scored', ckpt_path, evo.generation + 1,
                     len(evo.scores))
-    logger.info('search: metric %s, %d generations x %d candidates, supernet %s', args.metric, args.max_epochs,
-                args.population_num, args.model_path)
-    result = search(ctx, args, run, evo)
+    logger.info('search: metric %s, %d generations x %d candidates, supernet %s, %d process(es)', args.metric,
+                args.max_epochs, args.population_num, args.model_path, dist.world_size)
+    result = run_search(ctx, args, run, evo, dist, SCORE_FLAGS)
     run.close()
+    dist.close()
     if result is None:
         return None
     path, geno, info = result

@@ -25,9 +25,10 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import genotypes  # noqa: E402
+from genotypes import EDGES_PER_CELL  # noqa: E402
 from data import BatchLoader, add_data_args, load_search_data, write_split_file  # noqa: E402
 from train_supernet.super_model import Network  # noqa: E402
-from utils import (ArgumentParser, Run, UserError, amp_dtype, backward_and_step, check_new_run_dir,  # noqa: E402
+from utils import (ArgumentParser, Dist, Run, UserError, amp_dtype, backward_and_step, check_new_run_dir,  # noqa: E402
                    choose_device, default_run_dir, derive_seed, get_rng_state, load_checkpoint, load_state_checked,
                    logger, make_scaler, progress, release_freed_memory, run_cli, save_checkpoint, seed_everything,
                    set_rng_state, topk_correct)
@@ -107,14 +108,15 @@ def train_step(model, x, y, candidate, optimizer, criterion, grad_clip, set_to_n
     Returns (logits, loss)."""
     optimizer.zero_grad(set_to_none=set_to_none)
     with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=amp):
-        logits = model.forward_candidate(x, candidate)
+        logits = model(x, candidate[:EDGES_PER_CELL], candidate[EDGES_PER_CELL:])   # through DDP when wrapped
         loss = criterion(logits, y)
     backward_and_step(loss, optimizer, scaler or make_scaler(x.device, amp), model.parameters(), grad_clip)
     return logits, loss
 
 
 def train_one_epoch(model, loader, optimizer, criterion, path_rng, args, epoch, device, scaler):
-    """One epoch of SPOS: every step a fresh uniformly random (repaired) path."""
+    """One epoch of SPOS: every step a fresh uniformly random (repaired) path. Returns this process's
+    (loss sum, correct, images)."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = seen = 0
@@ -138,7 +140,7 @@ def train_one_epoch(model, loader, optimizer, criterion, path_rng, args, epoch, 
             if (step + 1) % args.report_freq == 0:
                 logger.info('train epoch %d step %03d/%d loss %.4f acc %.2f%%', epoch + 1, step + 1, len(loader),
                             avg, 100 * correct / seen)
-    return loss_sum.item() / max(seen, 1), correct / max(seen, 1), seen
+    return loss_sum.item(), correct, seen
 
 
 @torch.no_grad()
@@ -194,18 +196,8 @@ def _resume_state(args, model, optimizer, scheduler, scaler):
     return ckpt['epoch'], ckpt['path_rng'], ckpt['rng']
 
 
-def main(args):
-    device = choose_device(args.device)
-    seed_everything(args.seed)
-    data = load_search_data(args).resident(device)    # raises before anything is written
-    model = Network(args.init_channels, data.num_classes, args.layers).to(device)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
-    scaler = make_scaler(device, args.amp)
-    path_rng = random.Random(args.seed)           # the same on every rank: one path per step
+def _start(args, model, optimizer, scheduler, scaler, path_rng, dist):
+    """Resume state or fresh start; returns the first epoch. Refuses to overwrite an existing run."""
     start_epoch = 0
     if args.resume:
         start_epoch, path_state, rng_state = _resume_state(args, model, optimizer, scheduler, scaler)
@@ -213,24 +205,57 @@ def main(args):
         set_rng_state(rng_state)
         if start_epoch >= args.epochs:
             raise UserError(f'{args.resume} already finished {start_epoch} epochs; raise --epochs to train further')
-    check_new_run_dir(args.save, LAST, resuming=bool(args.resume))
+    check_new_run_dir(args.save, LAST, resuming=bool(args.resume))   # every rank, before anyone writes
+    dist.barrier()
+    return start_epoch
 
-    run = Run(args.save, args)
+
+def _save_epoch(run, args, epoch, model, optimizer, scheduler, scaler, path_rng, meta):
+    state = {'epoch': epoch + 1, 'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
+             'args': vars(args), **meta}
+    if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.epochs:
+        save_checkpoint(state, run.path / f'checkpoint_epoch_{epoch + 1}.pth.tar')
+    state.update(scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=get_rng_state(),
+                 path_rng=list(path_rng.getstate()),
+                 grad_mask=[n for n, p in model.named_parameters() if p.grad is not None])
+    save_checkpoint(state, run.path / LAST)
+
+
+def main(args):
+    dist = Dist()
+    device = choose_device(args.device, dist.local_rank)
+    seed_everything(args.seed + dist.rank)        # weights: DDP copies rank 0's to every rank
+    data = load_search_data(args).resident(device)    # raises before anything is written
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = Network(args.init_channels, data.num_classes, args.layers).to(device).to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
+    scaler = make_scaler(device, args.amp)
+    path_rng = random.Random(args.seed)           # the same on every rank: one path per step
+    dist.init(device)
+    start_epoch = _start(args, model, optimizer, scheduler, scaler, path_rng, dist)
+
+    run = Run(args.save, args, is_main=dist.is_main)
     meta = model_meta(args, data.num_classes)
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info('supernet C=%d layers=%d classes=%d: %d parameters; train %d / valid %d images; device %s',
-                args.init_channels, args.layers, data.num_classes, n_params, len(data.train_idx),
-                len(data.valid_idx), device)
-    if args.resume:
+    logger.info('supernet C=%d layers=%d classes=%d: %d parameters; train %d / valid %d images; %d process(es) on '
+                '%s, batch %d per process, global batch %d', args.init_channels, args.layers, data.num_classes,
+                sum(p.numel() for p in model.parameters()), len(data.train_idx), len(data.valid_idx),
+                dist.world_size, device, args.batch_size, args.batch_size * dist.world_size)
+    if dist.is_main and args.resume:
         run.truncate_metrics('epoch', start_epoch)
         logger.info('resumed from %s after epoch %d', args.resume, start_epoch)
-    else:
+    elif dist.is_main:
         write_split_file(run.path / 'split.json', data.train_idx, data.valid_idx)
         save_checkpoint({'epoch': 0, 'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
                          'args': vars(args), **meta}, run.path / 'checkpoint_epoch_0.pth.tar')
-
+    # Every rank trains the same path each step, so only that path's gradients are averaged; the
+    # others stay None or keep their in-place zeros exactly as in one process.
+    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
+                                              find_unused_parameters=True) if dist.enabled else model
     train_loader = BatchLoader(data.train, data.train_idx, args.batch_size, device, shuffle=True, augment=True,
-                               seed=derive_seed(args.seed, 'train'), memory_format=memory_format)
+                               seed=derive_seed(args.seed, 'train'), memory_format=memory_format, rank=dist.rank,
+                               world_size=dist.world_size)
     valid_loader = BatchLoader(data.valid, data.valid_idx, args.batch_size, device, memory_format=memory_format)
     criterion = nn.CrossEntropyLoss()
     record = {}
@@ -240,33 +265,30 @@ def main(args):
         lr = optimizer.param_groups[0]['lr']
         train_loader.set_epoch(epoch)
         t0 = time.time()
-        train_loss, train_acc, seen = train_one_epoch(model, train_loader, optimizer, criterion, path_rng, args,
-                                                      epoch, device, scaler)
+        loss_sum, correct, seen = train_one_epoch(net, train_loader, optimizer, criterion, path_rng, args, epoch,
+                                                  device, scaler)
+        loss_sum, correct, seen = dist.all_reduce_sum([loss_sum, correct, seen], device)
         train_time = time.time() - t0
-        valid_loss, valid_acc = validate_random_path(model, data, args, epoch, valid_loader, criterion,
-                                                     memory_format)
         if not args.scheduler_step_first:
             scheduler.step()
-        record = {'epoch': epoch + 1, 'lr': lr, 'train_loss': train_loss, 'train_acc': train_acc,
-                  'valid_loss': valid_loss, 'valid_acc': valid_acc, 'epoch_time': time.time() - t0,
-                  'images_per_s': seen / train_time}
-        logger.info('epoch %d/%d lr %.5f train loss %.4f acc %.2f%% | valid loss %.4f acc %.2f%% | %.1fs, %.0f img/s',
-                    epoch + 1, args.epochs, lr, train_loss, 100 * train_acc, valid_loss, 100 * valid_acc,
-                    record['epoch_time'], record['images_per_s'])
-        run.log_metrics(record, step=epoch + 1)
-        state = {'epoch': epoch + 1, 'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                 'args': vars(args), **meta}
-        if (epoch + 1) % args.save_freq == 0 or epoch + 1 == args.epochs:
-            save_checkpoint(state, run.path / f'checkpoint_epoch_{epoch + 1}.pth.tar')
-        state.update(scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=get_rng_state(),
-                     path_rng=list(path_rng.getstate()),
-                     grad_mask=[n for n, p in model.named_parameters() if p.grad is not None])
-        save_checkpoint(state, run.path / LAST)
+        if dist.is_main:           # one random path, validated by rank 0 (its BN buffers are the saved ones)
+            valid_loss, valid_acc = validate_random_path(model, data, args, epoch, valid_loader, criterion,
+                                                         memory_format)
+            record = {'epoch': epoch + 1, 'lr': lr, 'train_loss': loss_sum / seen, 'train_acc': correct / seen,
+                      'valid_loss': valid_loss, 'valid_acc': valid_acc, 'epoch_time': time.time() - t0,
+                      'images_per_s': seen / train_time}
+            logger.info('epoch %d/%d lr %.5f train loss %.4f acc %.2f%% | valid loss %.4f acc %.2f%% | %.1fs, '
+                        '%.0f img/s', epoch + 1, args.epochs, lr, record['train_loss'], 100 * record['train_acc'],
+                        valid_loss, 100 * valid_acc, record['epoch_time'], record['images_per_s'])
+            run.log_metrics(record, step=epoch + 1)
+            _save_epoch(run, args, epoch, model, optimizer, scheduler, scaler, path_rng, meta)
+        dist.barrier()
         if args.stop_after and epoch + 1 - start_epoch >= args.stop_after and epoch + 1 < args.epochs:
             logger.info('stopping after %d epochs as asked (--stop_after); continue with --resume %s',
                         args.stop_after, run.path / LAST)
             break
     run.close()
+    dist.close()
     return record
 
 

@@ -1,0 +1,134 @@
+"""Running a search or scoring given cells, in one process or spread over torchrun ranks.
+
+Candidates are scored in rounds of world_size, one per rank; every rank receives every score (a
+score is a pure function of candidate, seed, checkpoints and data, so it does not matter which rank
+computes it). Rank 0 alone runs the evolution step, writes the search checkpoint after every round
+and writes the outputs; the other ranks receive its state.
+"""
+import json
+import os
+from pathlib import Path
+
+import genotypes
+from evolutionary_search.evolution import cand_key
+from evolutionary_search.metrics import METRICS
+from utils import UserError, atomic_write_text, logger, progress
+
+CHECKPOINT = 'search_checkpoint.json'
+
+
+def score_in_rounds(ctx, scorer, candidates, dist):
+    """Yield (candidate, info) in order. A UserError on any rank (a NaN loss, say) is raised on all."""
+    for start in range(0, len(candidates), dist.world_size):
+        chunk = candidates[start:start + dist.world_size]
+        mine = None
+        if dist.rank < len(chunk):
+            try:
+                mine = scorer(ctx, chunk[dist.rank])
+            except UserError as e:
+                mine = {'error': str(e)}
+        infos = dist.all_gather_object(mine)[:len(chunk)]
+        errors = [i['error'] for i in infos if 'error' in i]
+        if errors:
+            raise UserError(errors[0])
+        yield from zip(chunk, infos)
+
+
+def format_components(info):
+    return ' '.join(f'{k} {v:.6g}' for k, v in info.items() if isinstance(v, float))
+
+
+def score_given(ctx, args, run, todo, dist):
+    """Score (name, candidate) pairs; rank 0 prints one JSON line each and appends it to scores.jsonl."""
+    results = []
+    bar = progress(score_in_rounds(ctx, METRICS[args.metric], [c for _, c in todo], dist), is_main=dist.is_main,
+                   total=len(todo), desc='scoring')
+    for (name, _), (cand, info) in zip(todo, bar):
+        record = {'name': name, 'candidate': cand, 'metric': args.metric, **info}
+        if dist.is_main:
+            line = json.dumps(record)
+            print(line, flush=True)
+            with open(run.path / 'scores.jsonl', 'a') as f:
+                f.write(line + '\n')
+            logger.info('%s score %.6g %s', record['name'], record['score'], format_components(record))
+        results.append(record)
+    return results
+
+
+def save_search(run, evo, args, flags):
+    atomic_write_text(run.path / CHECKPOINT, json.dumps({'args': {k: getattr(args, k) for k in flags},
+                                                         'evolution': evo.state_dict()}))
+
+
+def read_search(path, args, flags):
+    """The evolution state of a search checkpoint written with the same score-relevant flags."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        saved, state = doc['args'], doc['evolution']
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f'cannot resume from {path}: not a search checkpoint ({e!r}); start over with -r/--refresh')
+    changed = [f'--{k} {saved.get(k)} -> {getattr(args, k)}' for k in flags if saved.get(k) != getattr(args, k)]
+    if changed:
+        raise UserError(f'{path} was written with other flags ({"; ".join(changed)}); use the original flags, '
+                        'or -r/--refresh to start over')
+    return state
+
+
+def log_generation(run, summary, metric):
+    best = summary['top_k'][0]
+    logger.info('generation %d: best %.6g mean %.6g (%d scored) best %s %s', summary['generation'],
+                summary['best_score'], summary['mean_score'], summary['scored'], cand_key(best['candidate']),
+                format_components({k: v for k, v in best.items() if k != 'candidate'}))
+    run.log_metrics(summary)
+    if run.tb is not None:
+        run.tb.add_scalar(f'{metric}/best_score', summary['best_score'], summary['generation'])
+        run.tb.add_scalar(f'{metric}/mean_score', summary['mean_score'], summary['generation'])
+        run.tb.flush()
+
+
+def write_genotype(run, evo, args):
+    top = evo.best(10)
+    best, info = top[0]
+    geno = genotypes.decode(best)
+    path = genotypes.save_genotype(
+        run.path / 'genotype.json', geno, name=f'searched_{args.metric}', metric=args.metric, score=info['score'],
+        components=info, top10=[{'candidate': c, 'genotype': genotypes.genotype_to_dict(genotypes.decode(c)), **i}
+                                for c, i in top],
+        checkpoints={'model_path': os.path.abspath(args.model_path),
+                     'init_model_path': os.path.abspath(args.init_model_path) if args.init_model_path else None},
+        args=dict(vars(args)))
+    return path, geno, info
+
+
+def run_search(ctx, args, run, evo, dist, flags):
+    """The evolution until done (or --stop_after candidates); returns (genotype.json path, Genotype, info)
+    on rank 0 at the end, else None."""
+    scorer = METRICS[args.metric]
+    evo.load_state_dict(dist.from_main(lambda: (evo.start(), evo.state_dict())[1]))
+    scored_now = 0
+    bar = progress(None, is_main=dist.is_main, total=args.max_epochs * args.population_num, initial=len(evo.scores),
+                   desc='candidates')
+    while not evo.done:
+        for cand, info in score_in_rounds(ctx, scorer, evo.pending(), dist):
+            evo.record(cand, info)
+            scored_now += 1
+            bar.update(1)
+            bar.set_postfix(gen=evo.generation + 1, best=evo.scores[evo.top_k[0]]['score'] if evo.top_k else None)
+            if dist.is_main and (scored_now % dist.world_size == 0 or not evo.pending()):
+                save_search(run, evo, args, flags)        # after every round
+            if args.stop_after and scored_now >= args.stop_after:
+                if dist.is_main:
+                    save_search(run, evo, args, flags)
+                bar.close()
+                logger.info('stopping after %d candidates as asked (--stop_after); continue with --resume %s',
+                            scored_now, run.path / CHECKPOINT)
+                return None
+
+        def step():
+            summary = evo.finish_generation()
+            save_search(run, evo, args, flags)
+            log_generation(run, summary, args.metric)
+            return evo.state_dict()
+        evo.load_state_dict(dist.from_main(step))
+    bar.close()
+    return write_genotype(run, evo, args) if dist.is_main else None
