@@ -90,7 +90,8 @@ def _read_idx(root, name):
             break
     else:
         raise UserError(f'Fashion-MNIST file {name}.gz not found in {root}; install it with '
-                        '`apt-get install -y dataset-fashion-mnist` or point --data at the folder holding the four idx files')
+                        '`apt-get install -y dataset-fashion-mnist` or point --data at the folder holding the four '
+                        'idx files')
     try:
         with opener(path, 'rb') as f:
             raw = f.read()
@@ -342,7 +343,8 @@ IMAGENET_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (
 
 
 class Lighting:
-    """AlexNet-style PCA lighting noise on a (3, H, W) tensor: adds eigvec @ (alpha * eigval), alpha ~ N(0, alphastd)."""
+    """AlexNet-style PCA lighting noise on a (3, H, W) tensor: adds eigvec @ (alpha * eigval) with
+    alpha ~ N(0, alphastd) per image."""
 
     def __init__(self, alphastd=0.1, eigval=IMAGENET_PCA_EIGVAL, eigvec=IMAGENET_PCA_EIGVEC):
         self.alphastd = alphastd
@@ -371,15 +373,17 @@ def imagenet_transforms(train, normalize=True):
 def imagenet_folders(root, normalize=True):
     """(train, val) ImageFolder datasets under root/train and root/val."""
     import torchvision
-    missing = [d for d in ('train', 'val') if not os.path.isdir(os.path.join(root or '', d))]
+    missing = [os.path.join(root or '', d) for d in ('train', 'val') if not os.path.isdir(os.path.join(root or '', d))]
     if root is None or missing:
+        problem = 'no --data_root given' if root is None else 'missing ' + ', '.join(missing)
         raise UserError(f'ImageNet needs --data_root with train/ and val/ ImageFolder trees (one folder per class); '
-                        f'{"no --data_root given" if root is None else "missing " + ", ".join(os.path.join(root, d) for d in missing)}')
+                        f'{problem}')
     try:
         train = torchvision.datasets.ImageFolder(os.path.join(root, 'train'), imagenet_transforms(True, normalize))
         val = torchvision.datasets.ImageFolder(os.path.join(root, 'val'), imagenet_transforms(False, normalize))
     except (FileNotFoundError, RuntimeError) as e:
         raise UserError(f'cannot read ImageNet from {root}: {e}')
     if train.classes != val.classes:
-        raise UserError(f'{root}/train and {root}/val have different class folders ({len(train.classes)} vs {len(val.classes)})')
+        raise UserError(f'{root}/train and {root}/val have different class folders '
+                        f'({len(train.classes)} vs {len(val.classes)})')
     return train, val

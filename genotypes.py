@@ -16,7 +16,6 @@ This module is a leaf: it imports nothing from the project.
 """
 import json
 import os
-import random
 from collections import namedtuple
 
 Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')

@@ -57,6 +57,23 @@ def progress(iterable, is_main=True, **kwargs):
     return tqdm(iterable, disable=None if is_main else True, dynamic_ncols=True, leave=False, **kwargs)
 
 
+def require(checks):
+    """Raise UserError with the message of the first (ok, message) pair that is not ok."""
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def resolve_run_paths(args, checkpoint_name, prefix):
+    """--resume DIR means DIR/<checkpoint_name>; --save defaults to the resumed run's directory, else to
+    runs/<prefix>-<time>."""
+    if args.resume and os.path.isdir(args.resume):
+        args.resume = os.path.join(args.resume, checkpoint_name)
+    if args.save is None:
+        args.save = os.path.dirname(args.resume) if args.resume else default_run_dir(prefix)
+    return args
+
+
 def parse_stds(text):
     """'0.001,0.003,0.006' -> [0.001, 0.003, 0.006]; positive and strictly increasing, or UserError."""
     try:

@@ -20,6 +20,7 @@ import torch
 from data import BatchLoader
 from genotypes import EDGES_PER_CELL, NODE_SLICES, PRIMITIVES
 from operations import FactorizedReduce
+from train_supernet.super_model import evaluate_candidate
 from utils import UserError, derive_seed
 
 WLM_EPS = 1e-5
@@ -153,26 +154,11 @@ def valid_loader(ctx, n_images):
     return BatchLoader(ctx.data.valid, idx, ctx.test_batch_size, ctx.device, memory_format=ctx.memory_format)
 
 
-@torch.inference_mode()
-def evaluate(model, candidate, loader):
-    """(mean cross-entropy per image, top-1 fraction) of a candidate over a loader, eval mode."""
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
-    correct = torch.zeros((), dtype=torch.long, device=loader.device)
-    seen = 0
-    for x, y in loader:
-        logits = model.forward_candidate(x, candidate)
-        loss_sum += torch.nn.functional.cross_entropy(logits.float(), y, reduction='sum').double()
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
-    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)
-
-
 def recalibrated_accuracy(ctx, candidate, train_images, val_images):
     """Top-1 and loss after BN recalibration; the supernet is restored afterwards."""
     with ctx.model.preserved_path(candidate), precision(ctx):
         ctx.model.recalibrate_bn(candidate, bn_batches(ctx, train_images), momentum=ctx.bn_momentum)
-        loss, acc = evaluate(ctx.model, candidate, valid_loader(ctx, val_images))
+        loss, acc = evaluate_candidate(ctx.model, candidate, valid_loader(ctx, val_images))
     return acc, loss
 
 
@@ -202,12 +188,13 @@ def perturbed_losses(ctx, candidate):
                 if clean is not None:
                     p.copy_(clean[i])
                 p.add_(torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype), alpha=sigma)
-            loss, _ = evaluate(model, candidate, valid_loader(ctx, ctx.max_val_img_size))
+            loss, _ = evaluate_candidate(model, candidate, valid_loader(ctx, ctx.max_val_img_size))
             losses.append(loss)
             prev = s
     if not all(math.isfinite(v) for v in losses):
         raise UserError(f'the loss of candidate {",".join(map(str, candidate))} under weight noise is {losses}: '
-                        'the supernet checkpoint has diverged (retrain it with a lower --learning_rate) or --stds is too large')
+                        'the supernet checkpoint has diverged (retrain it with a lower --learning_rate) or --stds '
+                        'is too large')
     return losses
 
 
@@ -219,7 +206,8 @@ def _wlm_components(ctx, candidate):
 
 def _angle_components(ctx, candidate):
     if ctx.init_model is None:
-        raise UserError('the angle metrics need the initial supernet: pass --init_model_path checkpoint_epoch_0.pth.tar')
+        raise UserError('the angle metrics need the initial supernet: pass --init_model_path '
+                        'checkpoint_epoch_0.pth.tar')
     a = angle(ctx.init_model, ctx.model, candidate)
     return {'angle': a, 'angle_normalized': a / math.pi}
 

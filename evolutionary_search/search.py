@@ -28,8 +28,8 @@ from evolutionary_search.evolution import Evolution, cand_key  # noqa: E402
 from evolutionary_search.metrics import METRICS, NEEDS_INIT, PRECISIONS, ScoringContext  # noqa: E402
 from evolutionary_search.runner import CHECKPOINT, read_search, run_search, score_given  # noqa: E402
 from train_supernet.super_model import Network  # noqa: E402
-from utils import (ArgumentParser, Dist, Run, UserError, choose_device, default_run_dir, load_checkpoint,  # noqa: E402
-                   load_state_checked, logger, parse_stds, run_cli, seed_everything)
+from utils import (ArgumentParser, Dist, Run, UserError, choose_device, load_checkpoint, load_state_checked,  # noqa: E402
+                   logger, parse_stds, require, resolve_run_paths, run_cli, seed_everything)
 
 # Flags that change scores or proposals: a resumed search must use the same values.
 SCORE_FLAGS = ['metric', 'stds', 'seed', 'max_train_img_size', 'max_val_img_size', 'wlm_weight', 'acc_weight',
@@ -78,7 +78,8 @@ def get_args_parser():
     g.add_argument('--bn_momentum', type=float, default=None,
                    help='BN momentum during recalibration; None: exact cumulative average; 0.1: the reference')
     g.add_argument('--perturb', default='cumulative', choices=['cumulative', 'direct'],
-                   help='cumulative: noise s_i - s_(i-1) on top of the last level (reference); direct: s_i on clean weights')
+                   help='cumulative: noise s_i - s_(i-1) on top of the last level (reference); '
+                        'direct: s_i on the clean weights')
     g.add_argument('--acc_train_img_size', type=int, default=15000, help='BN images of the acc term of acc+wlm')
     g.add_argument('--acc_val_img_size', type=int, default=25000, help='validation images of the acc term of acc+wlm')
     g.add_argument('--candidates', default=None,
@@ -100,19 +101,14 @@ def parse_args(argv=None):
     if args.metric not in METRICS:
         raise UserError(f'unknown --metric {args.metric!r}; choose one of {", ".join(METRICS)}')
     args.stds = parse_stds(args.stds)
-    for flag in ('max_train_img_size', 'max_val_img_size', 'batch_size', 'test_batch_size', 'max_epochs',
-                 'population_num', 'select_num'):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise UserError(f'--{flag} must be >= 1')
-    if args.mutation_num + args.crossover_num > args.population_num:
-        raise UserError('--mutation_num + --crossover_num must not exceed --population_num')
-    if args.model_path is None:
-        raise UserError('--model_path is required: the trained supernet checkpoint (e.g. checkpoint_epoch_250.pth.tar)')
-    if args.resume and os.path.isdir(args.resume):
-        args.resume = os.path.join(args.resume, CHECKPOINT)
-    if args.save is None:
-        args.save = os.path.dirname(args.resume) if args.resume else default_run_dir(f'search-{args.metric}')
-    return args
+    require([(getattr(args, f) is None or getattr(args, f) >= 1, f'--{f} must be >= 1')
+             for f in ('max_train_img_size', 'max_val_img_size', 'batch_size', 'test_batch_size', 'max_epochs',
+                       'population_num', 'select_num')])
+    require([(args.mutation_num + args.crossover_num <= args.population_num,
+              '--mutation_num + --crossover_num must not exceed --population_num'),
+             (args.model_path is not None,
+              '--model_path is required: the trained supernet checkpoint (e.g. checkpoint_epoch_250.pth.tar)')])
+    return resolve_run_paths(args, CHECKPOINT, f'search-{args.metric}')
 
 
 def load_supernet(path, args):
@@ -145,7 +141,8 @@ def build_context(args, device):
     init_model = None
     if args.metric in NEEDS_INIT:
         if not args.init_model_path:
-            raise UserError(f'--metric {args.metric} needs --init_model_path (the checkpoint_epoch_0.pth.tar of stage 1)')
+            raise UserError(f'--metric {args.metric} needs --init_model_path '
+                            '(the checkpoint_epoch_0.pth.tar of stage 1)')
         init_model, _ = load_supernet(args.init_model_path, args)
         if init_model._C != model._C or init_model._layers != model._layers:
             raise UserError('--init_model_path and --model_path hold supernets of different shapes')

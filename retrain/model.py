@@ -28,7 +28,10 @@ class Cell(nn.Module):
         else:
             self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
-        ops, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+        if reduction:
+            ops, concat = genotype.reduce, genotype.reduce_concat
+        else:
+            ops, concat = genotype.normal, genotype.normal_concat
         self.reduction = reduction
         self._steps = len(ops) // 2
         self._concat = list(concat)
@@ -40,8 +43,9 @@ class Cell(nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for i in range(self._steps):
             node = 0
-            for op, index in ((self._ops[2 * i], self._indices[2 * i]), (self._ops[2 * i + 1], self._indices[2 * i + 1])):
-                h = op(states[index])
+            for k in (2 * i, 2 * i + 1):
+                op = self._ops[k]
+                h = op(states[self._indices[k]])
                 if self.training and drop_prob > 0 and not isinstance(op, Identity):
                     h = drop_path(h, drop_prob)
                 node = node + h

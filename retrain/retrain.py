@@ -18,7 +18,6 @@ log.txt, args.json, metrics.jsonl, tb/, and the cell drawings cell_normal.* / ce
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,9 +31,9 @@ import genotypes  # noqa: E402
 from retrain.model import NetworkCIFAR, NetworkImageNet  # noqa: E402
 from retrain.train_loop import evaluate, make_loaders, train_one_epoch  # noqa: E402
 from utils import (ArgumentParser, Dist, Run, UserError, check_new_run_dir, choose_device, count_macs,  # noqa: E402
-                   count_parameters, default_run_dir, derive_seed, get_rng_state, load_checkpoint,
-                   load_state_checked, logger, make_scaler, run_cli, save_checkpoint, seed_everything,
-                   setup_logging)
+                   count_parameters, derive_seed, get_rng_state, load_checkpoint,
+                   load_state_checked, logger, make_scaler, require, resolve_run_paths, run_cli, save_checkpoint,
+                   seed_everything, setup_logging)
 
 CHECKPOINT, BEST = 'checkpoint.pth.tar', 'model_best.pth.tar'
 DATASETS = ['imagenet', 'cifar10', 'cifar100', 'fashion-mnist', 'synthetic']
@@ -59,7 +58,8 @@ def get_args_parser():
     g.add_argument('--data_root', '--data', dest='data', default=None,
                    help='ImageNet folder with train/ and val/, or the CIFAR / Fashion-MNIST folder')
     g.add_argument('--arch', default='GENAS_FLATNESS_CIFAR100', help='named genotype or genotype .json of the search')
-    g.add_argument('--batch_size', type=int, default=None, help='global batch, split over processes (per dataset: 1024 / 96)')
+    g.add_argument('--batch_size', type=int, default=None,
+                   help='global batch, split over processes (per dataset: 1024 / 96)')
     g.add_argument('--learning_rate', type=float, default=None, help='base learning rate (per dataset: 0.5 / 0.025)')
     g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
     g.add_argument('--weight_decay', type=float, default=None, help='weight decay (per dataset: 3e-5 / 3e-4)')
@@ -70,14 +70,16 @@ def get_args_parser():
     g.add_argument('--auxiliary', action=argparse.BooleanOptionalAction, default=None,
                    help='auxiliary head (per dataset: off for ImageNet unless given, as the reference; on for CIFAR)')
     g.add_argument('--auxiliary_weight', type=float, default=0.4, help='weight of the auxiliary loss')
-    g.add_argument('--drop_path_prob', type=float, default=None, help='final drop-path probability (per dataset: 0 / 0.2)')
+    g.add_argument('--drop_path_prob', type=float, default=None,
+                   help='final drop-path probability (per dataset: 0 / 0.2)')
     g.add_argument('--grad_clip', type=float, default=5.0, help='gradient norm clip (0: off)')
     g.add_argument('--label_smooth', type=float, default=None, help='label smoothing (per dataset: 0.1 / 0)')
     g.add_argument('--lr_scheduler', default=None, choices=['linear', 'cosine'], help='per dataset: linear / cosine')
     g.add_argument('--seed', type=int, default=0, help='seed')
     g.add_argument('--save', default=None, help='run directory; None means runs/retrain-<dataset>-<time>')
     g.add_argument('--report_freq', type=int, default=100, help='log a line every N steps')
-    g.add_argument('--workers', type=int, default=None, help='DataLoader workers per process for ImageNet (per dataset: 8 / 0)')
+    g.add_argument('--workers', type=int, default=None,
+                   help='DataLoader workers per process for ImageNet (per dataset: 8 / 0)')
     g.add_argument('--resume', default=None, help='checkpoint.pth.tar (or its run directory) to continue')
     g = p.add_argument_group('additions')
     g.add_argument('--dataset', default='imagenet', choices=DATASETS, help='dataset')
@@ -86,14 +88,16 @@ def get_args_parser():
     g.add_argument('--cutout_length', type=int, default=None, help='cutout square side, 0: off (per dataset: 0 / 16)')
     g.add_argument('--no_normalize', action='store_true',
                    help='ImageNet: feed raw [0, 1] pixels as the reference did (needed for its model zoo files)')
-    g.add_argument('--train_subset', type=int, default=0, help='train on a seeded subset of N images (0: all; not ImageNet)')
+    g.add_argument('--train_subset', type=int, default=0,
+                   help='train on a seeded subset of N images (0: all; not ImageNet)')
     g.add_argument('--test_subset', type=int, default=0, help='test on the first N test images (0: all; not ImageNet)')
     g.add_argument('--amp', action='store_true', help='mixed precision: bf16 where supported, else fp16 with a scaler')
     g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels-last memory format (faster on CPU and with --amp on GPU)')
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='device of each process')
     g.add_argument('--evaluate', default=None, metavar='CKPT', help='only validate this checkpoint')
-    g.add_argument('--stop_after', type=int, default=0, help='stop after N epochs of this invocation (resumable; 0: off)')
+    g.add_argument('--stop_after', type=int, default=0,
+                   help='stop after N epochs of this invocation (resumable; 0: off)')
     return p
 
 
@@ -104,17 +108,11 @@ def parse_args(argv=None):
     for k, v in DEFAULTS['imagenet' if args.dataset == 'imagenet' else 'cifar'].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    for ok, msg in ((args.epochs >= 1, '--epochs must be >= 1'), (args.batch_size >= 1, '--batch_size must be >= 1'),
-                    (args.learning_rate > 0, '--learning_rate must be > 0'), (args.layers >= 3, '--layers must be >= 3'),
-                    (args.init_channels >= 2 and args.init_channels % 2 == 0, '--init_channels must be even and >= 2'),
-                    (0 <= args.drop_path_prob < 1, '--drop_path_prob must lie in [0, 1)')):
-        if not ok:
-            raise UserError(msg)
-    if args.resume and os.path.isdir(args.resume):
-        args.resume = os.path.join(args.resume, CHECKPOINT)
-    if args.save is None:
-        args.save = os.path.dirname(args.resume) if args.resume else default_run_dir(f'retrain-{args.dataset}')
-    return args
+    require([(args.epochs >= 1, '--epochs must be >= 1'), (args.batch_size >= 1, '--batch_size must be >= 1'),
+             (args.learning_rate > 0, '--learning_rate must be > 0'), (args.layers >= 3, '--layers must be >= 3'),
+             (args.init_channels >= 2 and args.init_channels % 2 == 0, '--init_channels must be even and >= 2'),
+             (0 <= args.drop_path_prob < 1, '--drop_path_prob must lie in [0, 1)')])
+    return resolve_run_paths(args, CHECKPOINT, f'retrain-{args.dataset}')
 
 
 def lr_factor(args):

@@ -28,7 +28,8 @@ def make_loaders(args, device, dist):
         train_set, test_set = train_set.to(device), test_set.to(device)
     train_idx = torch.arange(len(train_set))
     if args.train_subset:
-        train_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))[:args.train_subset]
+        g = torch.Generator().manual_seed(args.seed)
+        train_idx = torch.randperm(len(train_set), generator=g)[:args.train_subset]
     test_idx = torch.arange(len(test_set))[:args.test_subset or None]
     train = BatchLoader(train_set, train_idx, per_proc, device, shuffle=True, augment=True, cutout=args.cutout_length,
                         seed=args.seed, rank=dist.rank, world_size=dist.world_size, memory_format=fmt)

@@ -41,6 +41,16 @@ def run_script(script, *args, cwd=None, env_extra=None, check=True):
     return proc
 
 
+def cli_exit_code(module, argv):
+    """Run a stage CLI (module with main / parse_args) in this process; returns its exit status."""
+    from utils import run_cli
+    try:
+        run_cli(module.main, module.parse_args, [str(a) for a in argv])
+        return 0
+    except SystemExit as e:
+        return e.code
+
+
 def snapshot_dir(path):
     """{relative path: bytes} of every file under `path` (to prove nothing was overwritten)."""
     path = Path(path)

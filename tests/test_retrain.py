@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import genotypes as G
-from conftest import ROOT, run_script, snapshot_dir
+from conftest import ROOT, cli_exit_code, run_script, snapshot_dir
 from retrain import retrain
 from retrain.model import NetworkCIFAR, NetworkImageNet, drop_path
 from retrain.visualize import cell_dot, plot_genotype
-from utils import count_macs, count_parameters, read_metrics, run_cli
+from utils import count_macs, count_parameters, read_metrics
 
 TINY = ['--dataset', 'synthetic', '--arch', 'DARTS_V2', '--init_channels', 8, '--layers', 3, '--batch_size', 32,
         '--learning_rate', 0.05, '--train_subset', 256, '--test_subset', 128, '--report_freq', 4, '--seed', 1,
@@ -131,11 +131,7 @@ def test_evaluate_reference_style_checkpoint(tmp_path, capsys):
 
 
 def _cli(argv):
-    try:
-        run_cli(retrain.main, retrain.parse_args, [str(a) for a in argv])
-        return 0
-    except SystemExit as e:
-        return e.code
+    return cli_exit_code(retrain, argv)
 
 
 def test_bad_input_exits_2_and_overwrites_nothing(tmp_path, capsys):

@@ -5,10 +5,9 @@ import pytest
 import torch
 
 import genotypes as G
-from conftest import run_script, snapshot_dir
+from conftest import cli_exit_code, run_script, snapshot_dir
 from evolutionary_search import search
 from train_supernet import train
-from utils import run_cli
 
 TINY_SUPERNET = ['--dataset', 'synthetic', '--init_channels', 4, '--layers', 3, '--batch_size', 32,
                  '--train_subset', 128, '--valid_subset', 64, '--valid_bn_images', 32, '--seed', 1, '--epochs', 1]
@@ -29,12 +28,8 @@ def ckpts(run):
 
 
 def _cli(argv, capsys):
-    try:
-        run_cli(search.main, search.parse_args, [str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr()
+    """Run the stage-2 CLI in-process; returns (exit status, captured stdout/stderr)."""
+    return cli_exit_code(search, argv), capsys.readouterr()
 
 
 def test_search_resumes_exactly_after_a_kill(supernet, tmp_path):

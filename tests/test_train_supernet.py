@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from conftest import run_script, snapshot_dir
+from conftest import cli_exit_code, run_script, snapshot_dir
 from train_supernet import train
 from train_supernet.super_model import Network
-from utils import read_metrics, run_cli
+from utils import read_metrics
 
 TINY = ['--dataset', 'synthetic', '--init_channels', 4, '--layers', 3, '--batch_size', 32, '--train_subset', 192,
         '--valid_subset', 64, '--valid_bn_images', 64, '--seed', 3, '--report_freq', 2]
@@ -16,12 +16,7 @@ VOLATILE = {'epoch_time', 'images_per_s'}
 
 def _cli(argv, capsys):
     """Run the stage-1 CLI in-process; returns (exit status, stderr)."""
-    try:
-        run_cli(train.main, train.parse_args, [str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
+    return cli_exit_code(train, argv), capsys.readouterr().err
 
 
 def test_resume_is_bit_identical(tmp_path):

@@ -198,3 +198,19 @@ class Network(nn.Module):
             for bn, m in zip(bns, old):
                 bn.momentum = m
             self.eval()
+
+
+@torch.inference_mode()
+def evaluate_candidate(model, candidate, loader):
+    """(mean cross-entropy per image, top-1 fraction) of one candidate over a loader, in eval mode.
+    Sums stay on the device (no synchronization per batch) and in float64."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
+    correct = torch.zeros((), dtype=torch.long, device=loader.device)
+    seen = 0
+    for x, y in loader:
+        logits = model.forward_candidate(x, candidate)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction='sum').double()
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    return loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1)

@@ -27,11 +27,11 @@ import torch.nn as nn  # noqa: E402
 import genotypes  # noqa: E402
 from genotypes import EDGES_PER_CELL  # noqa: E402
 from data import BatchLoader, add_data_args, load_search_data, write_split_file  # noqa: E402
-from train_supernet.super_model import Network  # noqa: E402
+from train_supernet.super_model import Network, evaluate_candidate  # noqa: E402
 from utils import (ArgumentParser, Dist, Run, UserError, amp_dtype, backward_and_step, check_new_run_dir,  # noqa: E402
-                   choose_device, default_run_dir, derive_seed, get_rng_state, load_checkpoint, load_state_checked,
-                   logger, make_scaler, progress, release_freed_memory, run_cli, save_checkpoint, seed_everything,
-                   set_rng_state, topk_correct)
+                   choose_device, derive_seed, get_rng_state, load_checkpoint, load_state_checked,
+                   logger, make_scaler, progress, release_freed_memory, require, resolve_run_paths, run_cli,
+                   save_checkpoint, seed_everything, set_rng_state)
 
 LAST = 'last.pth.tar'
 
@@ -83,18 +83,12 @@ def get_args_parser():
 
 def parse_args(argv=None):
     args = get_args_parser().parse_args(argv)
-    checks = [(args.epochs >= 1, '--epochs must be >= 1'), (args.batch_size >= 2, '--batch_size must be >= 2'),
-              (args.learning_rate > 0, '--learning_rate must be > 0'), (args.layers >= 3, '--layers must be >= 3'),
-              (args.init_channels >= 1, '--init_channels must be >= 1'), (args.save_freq >= 1, '--save_freq must be >= 1'),
-              (args.report_freq >= 1, '--report_freq must be >= 1'), (args.stop_after >= 0, '--stop_after must be >= 0')]
-    for ok, msg in checks:
-        if not ok:
-            raise UserError(msg)
-    if args.resume and os.path.isdir(args.resume):
-        args.resume = os.path.join(args.resume, LAST)
-    if args.save is None:
-        args.save = os.path.dirname(args.resume) if args.resume else default_run_dir(f'supernet-{args.dataset}')
-    return args
+    require([(args.epochs >= 1, '--epochs must be >= 1'), (args.batch_size >= 2, '--batch_size must be >= 2'),
+             (args.learning_rate > 0, '--learning_rate must be > 0'), (args.layers >= 3, '--layers must be >= 3'),
+             (args.init_channels >= 1, '--init_channels must be >= 1'),
+             (args.save_freq >= 1, '--save_freq must be >= 1'), (args.report_freq >= 1, '--report_freq must be >= 1'),
+             (args.stop_after >= 0, '--stop_after must be >= 0')])
+    return resolve_run_paths(args, LAST, f'supernet-{args.dataset}')
 
 
 def model_meta(args, num_classes):
@@ -119,7 +113,8 @@ def train_one_epoch(model, loader, optimizer, criterion, path_rng, args, epoch, 
     (loss sum, correct, images)."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = seen = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)      # sums stay on the device between reports
+    seen = 0
     set_to_none = args.zero_grad == 'none'
     bar = progress(loader, desc=f'epoch {epoch + 1}/{args.epochs}', total=len(loader))
     for step, (x, y) in enumerate(bar):
@@ -129,34 +124,22 @@ def train_one_epoch(model, loader, optimizer, criterion, path_rng, args, epoch, 
         if args.low_memory:
             release_freed_memory()
         loss_sum += loss.detach().double() * len(y)
-        correct += topk_correct(logits.detach(), y)[0]
+        correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
         if (step + 1) % args.report_freq == 0 or step + 1 == len(loader):
             avg = loss_sum.item() / seen
-            if not torch.isfinite(torch.tensor(avg)):
+            if not math.isfinite(avg):
                 raise UserError(f'training loss became {avg} at epoch {epoch + 1} step {step + 1}; lower '
                                 f'--learning_rate or --grad_clip and resume from {os.path.join(args.save, LAST)}')
-            bar.set_postfix(loss=f'{avg:.3f}', acc=f'{100 * correct / seen:.1f}%')
+            acc = correct.item() / seen
+            bar.set_postfix(loss=f'{avg:.3f}', acc=f'{100 * acc:.1f}%')
             if (step + 1) % args.report_freq == 0:
                 logger.info('train epoch %d step %03d/%d loss %.4f acc %.2f%%', epoch + 1, step + 1, len(loader),
-                            avg, 100 * correct / seen)
-    return loss_sum.item(), correct, seen
+                            avg, 100 * acc)
+    return loss_sum.item(), correct.item(), seen
 
 
-@torch.no_grad()
-def evaluate_path(model, loader, candidate, criterion):
-    """Loss and top-1 of one candidate path over a loader, in eval mode."""
-    model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
-    for x, y in loader:
-        logits = model.forward_candidate(x, candidate)
-        loss_sum += criterion(logits, y).item() * len(y)
-        correct += topk_correct(logits, y)[0]
-        seen += len(y)
-    return loss_sum / max(seen, 1), correct / max(seen, 1)
-
-
-def validate_random_path(model, data, args, epoch, valid_loader, criterion, memory_format):
+def validate_random_path(model, data, args, epoch, valid_loader, memory_format):
     """Validation of one random path (seeded by the epoch), after re-estimating its BN statistics on
     --valid_bn_images training images; the supernet's own BN buffers are restored afterwards."""
     cand = genotypes.random_candidate(random.Random(derive_seed(args.seed, 'valid', epoch)))
@@ -167,7 +150,7 @@ def validate_random_path(model, data, args, epoch, valid_loader, criterion, memo
             bn_loader.set_epoch(epoch)
             n_batches = math.ceil(args.valid_bn_images / args.batch_size)
             model.recalibrate_bn(cand, itertools.islice(bn_loader, n_batches))
-        return evaluate_path(model, valid_loader, cand, criterion)
+        return evaluate_candidate(model, cand, valid_loader)
 
 
 def _resume_state(args, model, optimizer, scheduler, scaler):
@@ -272,8 +255,7 @@ def main(args):
         if not args.scheduler_step_first:
             scheduler.step()
         if dist.is_main:           # one random path, validated by rank 0 (its BN buffers are the saved ones)
-            valid_loss, valid_acc = validate_random_path(model, data, args, epoch, valid_loader, criterion,
-                                                         memory_format)
+            valid_loss, valid_acc = validate_random_path(model, data, args, epoch, valid_loader, memory_format)
             record = {'epoch': epoch + 1, 'lr': lr, 'train_loss': loss_sum / seen, 'train_acc': correct / seen,
                       'valid_loss': valid_loss, 'valid_acc': valid_acc, 'epoch_time': time.time() - t0,
                       'images_per_s': seen / train_time}
