@@ -65,7 +65,12 @@ def get_args_parser():
                    help='CPU: return freed memory to the OS after every step (peak RSS 1.95 instead of 2.7 GB at '
                         'C=16, 8 layers, batch 64; 30%% slower)')
     g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
-                   help='channels-last memory format (1.8x faster supernet training on CPU, measured)')
+                   help='channels-last memory format (1.5x faster supernet training on CPU, measured)')
+    g.add_argument('--augment', action=argparse.BooleanOptionalAction, default=True,
+                   help='random crop (padding 4) and flip of training images, as the reference; --no-augment '
+                        'learns faster in very short runs')
+    g.add_argument('--valid_paths', type=int, default=1,
+                   help='validate this many random paths each epoch and log their mean (the reference: 1)')
     g.add_argument('--valid_bn_images', type=int, default=1280,
                    help='before each epoch\'s validation, re-estimate the BN statistics of the validated path on '
                         'this many training images (restored afterwards); 0: use the running statistics as the '
@@ -87,7 +92,8 @@ def parse_args(argv=None):
              (args.learning_rate > 0, '--learning_rate must be > 0'), (args.layers >= 3, '--layers must be >= 3'),
              (args.init_channels >= 1, '--init_channels must be >= 1'),
              (args.save_freq >= 1, '--save_freq must be >= 1'), (args.report_freq >= 1, '--report_freq must be >= 1'),
-             (args.stop_after >= 0, '--stop_after must be >= 0')])
+             (args.stop_after >= 0, '--stop_after must be >= 0'),
+             (args.valid_paths >= 1, '--valid_paths must be >= 1')])
     return resolve_run_paths(args, LAST, f'supernet-{args.dataset}')
 
 
@@ -139,18 +145,24 @@ def train_one_epoch(model, loader, optimizer, criterion, path_rng, args, epoch, 
     return loss_sum.item(), correct.item(), seen
 
 
-def validate_random_path(model, data, args, epoch, valid_loader, memory_format):
-    """Validation of one random path (seeded by the epoch), after re-estimating its BN statistics on
-    --valid_bn_images training images; the supernet's own BN buffers are restored afterwards."""
-    cand = genotypes.random_candidate(random.Random(derive_seed(args.seed, 'valid', epoch)))
-    with model.preserved_path(cand):
-        if args.valid_bn_images:
-            bn_loader = BatchLoader(data.train, data.train_idx, args.batch_size, valid_loader.device, shuffle=True,
-                                    augment=True, seed=derive_seed(args.seed, 'valid_bn'), memory_format=memory_format)
-            bn_loader.set_epoch(epoch)
-            n_batches = math.ceil(args.valid_bn_images / args.batch_size)
-            model.recalibrate_bn(cand, itertools.islice(bn_loader, n_batches))
-        return evaluate_candidate(model, cand, valid_loader)
+def validate_random_paths(model, data, args, epoch, valid_loader, memory_format):
+    """Mean validation loss and top-1 of --valid_paths random paths (seeded by the epoch), each after
+    re-estimating its BN statistics on --valid_bn_images training images; the supernet's own BN
+    buffers are restored afterwards."""
+    rng = random.Random(derive_seed(args.seed, 'valid', epoch))
+    results = []
+    for _ in range(args.valid_paths):
+        cand = genotypes.random_candidate(rng)
+        with model.preserved_path(cand):
+            if args.valid_bn_images:
+                bn_loader = BatchLoader(data.train, data.train_idx, args.batch_size, valid_loader.device,
+                                        shuffle=True, augment=args.augment, seed=derive_seed(args.seed, 'valid_bn'),
+                                        memory_format=memory_format)
+                bn_loader.set_epoch(epoch)
+                n_batches = math.ceil(args.valid_bn_images / args.batch_size)
+                model.recalibrate_bn(cand, itertools.islice(bn_loader, n_batches))
+            results.append(evaluate_candidate(model, cand, valid_loader))
+    return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
 
 
 def _resume_state(args, model, optimizer, scheduler, scaler):
@@ -236,7 +248,7 @@ def main(args):
     # others stay None or keep their in-place zeros exactly as in one process.
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
                                               find_unused_parameters=True) if dist.enabled else model
-    train_loader = BatchLoader(data.train, data.train_idx, args.batch_size, device, shuffle=True, augment=True,
+    train_loader = BatchLoader(data.train, data.train_idx, args.batch_size, device, shuffle=True, augment=args.augment,
                                seed=derive_seed(args.seed, 'train'), memory_format=memory_format, rank=dist.rank,
                                world_size=dist.world_size)
     valid_loader = BatchLoader(data.valid, data.valid_idx, args.batch_size, device, memory_format=memory_format)
@@ -255,7 +267,7 @@ def main(args):
         if not args.scheduler_step_first:
             scheduler.step()
         if dist.is_main:           # one random path, validated by rank 0 (its BN buffers are the saved ones)
-            valid_loss, valid_acc = validate_random_path(model, data, args, epoch, valid_loader, memory_format)
+            valid_loss, valid_acc = validate_random_paths(model, data, args, epoch, valid_loader, memory_format)
             record = {'epoch': epoch + 1, 'lr': lr, 'train_loss': loss_sum / seen, 'train_acc': correct / seen,
                       'valid_loss': valid_loss, 'valid_acc': valid_acc, 'epoch_time': time.time() - t0,
                       'images_per_s': seen / train_time}
