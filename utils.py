@@ -74,6 +74,16 @@ def resolve_run_paths(args, checkpoint_name, prefix):
     return args
 
 
+def stop_requested(args, epoch, start_epoch, resume_path):
+    """--stop_after N: True (and say how to continue) once this invocation has run N epochs, unless the
+    run is finished anyway."""
+    if args.stop_after and epoch + 1 - start_epoch >= args.stop_after and epoch + 1 < args.epochs:
+        logger.info('stopping after %d epochs as asked (--stop_after); continue with --resume %s',
+                    args.stop_after, resume_path)
+        return True
+    return False
+
+
 def parse_stds(text):
     """'0.001,0.003,0.006' -> [0.001, 0.003, 0.006]; positive and strictly increasing, or UserError."""
     try:

@@ -31,9 +31,9 @@ import genotypes  # noqa: E402
 from retrain.model import NetworkCIFAR, NetworkImageNet  # noqa: E402
 from retrain.train_loop import evaluate, make_loaders, train_one_epoch  # noqa: E402
 from utils import (ArgumentParser, Dist, Run, UserError, check_new_run_dir, choose_device, count_macs,  # noqa: E402
-                   count_parameters, derive_seed, get_rng_state, load_checkpoint,
-                   load_state_checked, logger, make_scaler, require, resolve_run_paths, run_cli, save_checkpoint,
-                   seed_everything, setup_logging)
+                   count_parameters, derive_seed, get_rng_state, load_checkpoint, load_state_checked, logger,
+                   make_scaler, require, resolve_run_paths, run_cli, save_checkpoint, seed_everything, setup_logging,
+                   stop_requested)
 
 CHECKPOINT, BEST = 'checkpoint.pth.tar', 'model_best.pth.tar'
 DATASETS = ['imagenet', 'cifar10', 'cifar100', 'fashion-mnist', 'synthetic']
@@ -257,9 +257,7 @@ def main(args):
             if val['val_top1'] >= best_acc:
                 save_checkpoint({k: state[k] for k in ('epoch', 'state_dict', 'best_acc_top1', 'args', 'genotype')},
                                 run.path / BEST)
-        if args.stop_after and epoch + 1 - start_epoch >= args.stop_after and epoch + 1 < args.epochs:
-            logger.info('stopping after %d epochs as asked (--stop_after); continue with --resume %s',
-                        args.stop_after, run.path / CHECKPOINT)
+        if stop_requested(args, epoch, start_epoch, run.path / CHECKPOINT):
             break
     run.close()
     dist.barrier()

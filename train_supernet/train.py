@@ -31,7 +31,7 @@ from train_supernet.super_model import Network, evaluate_candidate  # noqa: E402
 from utils import (ArgumentParser, Dist, Run, UserError, amp_dtype, backward_and_step, check_new_run_dir,  # noqa: E402
                    choose_device, derive_seed, get_rng_state, load_checkpoint, load_state_checked,
                    logger, make_scaler, progress, release_freed_memory, require, resolve_run_paths, run_cli,
-                   save_checkpoint, seed_everything, set_rng_state)
+                   save_checkpoint, seed_everything, set_rng_state, stop_requested)
 
 LAST = 'last.pth.tar'
 
@@ -277,9 +277,7 @@ def main(args):
             run.log_metrics(record, step=epoch + 1)
             _save_epoch(run, args, epoch, model, optimizer, scheduler, scaler, path_rng, meta)
         dist.barrier()
-        if args.stop_after and epoch + 1 - start_epoch >= args.stop_after and epoch + 1 < args.epochs:
-            logger.info('stopping after %d epochs as asked (--stop_after); continue with --resume %s',
-                        args.stop_after, run.path / LAST)
+        if stop_requested(args, epoch, start_epoch, run.path / LAST):
             break
     run.close()
     dist.close()
