@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 SCORE_METRICS = ['wlm', 'angle', 'acc', 'angle+wlm']
 WORKLOADS = ['supernet_train'] + [f'score_{m}' for m in SCORE_METRICS] + ['retrain_cifar']
 # Each lever switched off (or the reference's way), to measure what it gives.
-LEVERS = ['supernet_train:contiguous', 'supernet_train:reference_forward', 'supernet_train:low_memory',
+LEVERS = ['supernet_train:contiguous', 'supernet_train:reference_forward', 'supernet_train:no_trim',
+          'supernet_train:low_memory',
           'score_wlm:contiguous',
           'score_wlm:reference_forward', 'score_wlm:no_grad', 'score_wlm:test_batch_256', 'score_wlm:deepcopy',
           'retrain_cifar:contiguous', 'data:tensor_batches', 'data:pil_per_image']
@@ -73,8 +74,8 @@ def bench_supernet_train(device, s, variant):
     import genotypes
     from data import BatchLoader, synthetic_arrays
     from train_supernet.super_model import Network
-    from train_supernet.train import train_step
-    from utils import make_scaler, release_freed_memory
+    from train_supernet.train import get_args_parser, train_step
+    from utils import HeapTrimmer, make_scaler
     if variant == 'reference_forward':
         _use_reference_forward()
     torch.manual_seed(0)
@@ -87,15 +88,17 @@ def bench_supernet_train(device, s, variant):
     rng, crit = random.Random(0), torch.nn.CrossEntropyLoss()
     amp = variant == 'amp'
     scaler = make_scaler(device, amp)
+    headroom = {'no_trim': -1.0, 'low_memory': 0.0}.get(variant, get_args_parser().get_default('rss_headroom'))
+    trim_heap = HeapTrimmer(device, headroom)
 
     def run():
         for x, y in loader:
             train_step(model, x, y, genotypes.random_candidate(rng), opt, crit, 5.0, amp=amp, scaler=scaler)
-            if variant == 'low_memory':
-                release_freed_memory()
+            trim_heap()
         _sync(device)
     times = _timed(run, s)
-    return {'images_per_s': s['batch'] * s['steps'] / statistics.median(times), 'seconds': times}
+    return {'images_per_s': s['batch'] * s['steps'] / statistics.median(times), 'seconds': times,
+            'heap_trims': trim_heap.trims}
 
 
 def bench_score(device, s, metric, variant):

@@ -28,10 +28,10 @@ import genotypes  # noqa: E402
 from genotypes import EDGES_PER_CELL  # noqa: E402
 from data import BatchLoader, add_data_args, load_search_data, write_split_file  # noqa: E402
 from train_supernet.super_model import Network, evaluate_candidate  # noqa: E402
-from utils import (ArgumentParser, Dist, Run, UserError, amp_dtype, backward_and_step, check_new_run_dir,  # noqa: E402
-                   choose_device, derive_seed, get_rng_state, load_checkpoint, load_state_checked,
-                   logger, make_scaler, progress, release_freed_memory, require, resolve_run_paths, run_cli,
-                   save_checkpoint, seed_everything, set_rng_state, stop_requested)
+from utils import (ArgumentParser, Dist, HeapTrimmer, Run, UserError, amp_dtype, backward_and_step,  # noqa: E402
+                   check_new_run_dir, choose_device, derive_seed, get_rng_state, load_checkpoint, load_state_checked,
+                   logger, make_scaler, progress, require, resolve_run_paths, run_cli, save_checkpoint,
+                   seed_everything, set_rng_state, stop_requested)
 
 LAST = 'last.pth.tar'
 
@@ -61,9 +61,11 @@ def get_args_parser():
     g.add_argument('--save_freq', type=int, default=5, help='write checkpoint_epoch_N every N epochs')
     g.add_argument('--amp', action='store_true',
                    help='mixed precision (bf16 where supported, else fp16 with a gradient scaler); for GPUs')
-    g.add_argument('--low_memory', action='store_true',
-                   help='CPU: return freed memory to the OS after every step (peak RSS 1.95 instead of 2.7 GB at '
-                        'C=16, 8 layers, batch 64; 30%% slower)')
+    g.add_argument('--rss_headroom', type=float, default=0.2,
+                   help='CPU: when the resident memory exceeds (1 + this) x that after the first step, return '
+                        'freed heap memory to the OS (peak RSS 1.9 instead of 2.7 GB at C=16, 8 layers, batch 64, at '
+                        'no measurable cost); 0: after every step; -1: never')
+    g.add_argument('--low_memory', action='store_true', help='same as --rss_headroom 0 (lowest memory, 30%% slower)')
     g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels-last memory format (1.5x faster supernet training on CPU, measured)')
     g.add_argument('--augment', action=argparse.BooleanOptionalAction, default=True,
@@ -114,9 +116,9 @@ def train_step(model, x, y, candidate, optimizer, criterion, grad_clip, set_to_n
     return logits, loss
 
 
-def train_one_epoch(model, loader, optimizer, criterion, path_rng, args, epoch, device, scaler):
-    """One epoch of SPOS: every step a fresh uniformly random (repaired) path. Returns this process's
-    (loss sum, correct, images)."""
+def train_one_epoch(model, loader, optimizer, criterion, path_rng, args, epoch, device, scaler, trim_heap=None):
+    """One epoch of SPOS: every step a fresh uniformly random (repaired) path; trim_heap (a HeapTrimmer)
+    is called after each step. Returns this process's (loss sum, correct, images)."""
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)      # sums stay on the device between reports
@@ -127,8 +129,8 @@ def train_one_epoch(model, loader, optimizer, criterion, path_rng, args, epoch, 
         cand = genotypes.random_candidate(path_rng)
         logits, loss = train_step(model, x, y, cand, optimizer, criterion, args.grad_clip, set_to_none, args.amp,
                                   scaler)
-        if args.low_memory:
-            release_freed_memory()
+        if trim_heap:
+            trim_heap()
         loss_sum += loss.detach().double() * len(y)
         correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
@@ -254,6 +256,7 @@ def main(args):
     valid_loader = BatchLoader(data.valid, data.valid_idx, args.batch_size, device, memory_format=memory_format)
     criterion = nn.CrossEntropyLoss()
     record = {}
+    trim_heap = HeapTrimmer(device, 0.0 if args.low_memory else args.rss_headroom)
     for epoch in range(start_epoch, args.epochs):
         if args.scheduler_step_first:
             scheduler.step()
@@ -261,7 +264,7 @@ def main(args):
         train_loader.set_epoch(epoch)
         t0 = time.time()
         loss_sum, correct, seen = train_one_epoch(net, train_loader, optimizer, criterion, path_rng, args, epoch,
-                                                  device, scaler)
+                                                  device, scaler, trim_heap)
         loss_sum, correct, seen = dist.all_reduce_sum([loss_sum, correct, seen], device)
         train_time = time.time() - t0
         if not args.scheduler_step_first:
