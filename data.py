@@ -1,16 +1,18 @@
 """Datasets, the search split and batch loaders, shared by all stages.
 
-In-memory datasets (CIFAR-10/100, Fashion-MNIST, synthetic) are held as one uint8 tensor
+In-memory datasets (CIFAR-10/100, Fashion-MNIST, ImageNet16-120, synthetic) are held as one uint8 tensor
 (N, C, H, W) and augmented a whole batch at a time by `BatchLoader` (random crop with zero
 padding, horizontal flip, optional cutout; the same distributions as torchvision's RandomCrop /
 RandomHorizontalFlip and DARTS' Cutout). Its randomness comes from a generator seeded by
 (seed, epoch), so a run is reproducible and resumes exactly at any epoch boundary, on CPU or GPU.
 ImageNet (ImageFolder trees) goes through torchvision transforms and a DataLoader instead.
 """
+import dataclasses
 import gzip
 import json
 import math
 import os
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,13 +26,20 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4824, 0.4467), (0.2471, 0.2435, 0.2616)  
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)  # (129.3, 124.1, 112.4)/255 ...
 FMNIST_MEAN, FMNIST_STD = (0.2190,) * 3, (0.3318,) * 3      # of the images padded to 32x32
 SYNTHETIC_MEAN, SYNTHETIC_STD = (0.5,) * 3, (0.25,) * 3
+IMAGENET16_MEAN = (122.68 / 255, 116.66 / 255, 104.01 / 255)        # NAS-Bench-201's values
+IMAGENET16_STD = (63.22 / 255, 61.26 / 255, 65.09 / 255)
 
-DATASETS = ['cifar10', 'cifar100', 'fashion-mnist', 'synthetic']
+DATASETS = ['cifar10', 'cifar100', 'fashion-mnist', 'imagenet16-120', 'synthetic']
 DEFAULT_ROOTS = {'cifar10': './data', 'cifar100': './data', 'fashion-mnist': '/usr/share/datasets/fashion-mnist',
-                 'synthetic': None}
+                 'imagenet16-120': './data/ImageNet16', 'synthetic': None}
+IMAGE_SIZES = {'imagenet16-120': 16}                    # the others are 32x32
 FMNIST_FILES = {True: ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
                 False: ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')}
 SYNTHETIC_SIZES = {True: 2048, False: 512}
+# The 16x16 downsampled ImageNet (Chrabaszcz et al. 2017) as NAS-Bench-201 uses it: pickled dicts with
+# 'data' (N, 3*16*16) uint8, channel-major, and 'labels' 1..1000; ImageNet16-120 keeps labels 1..120.
+IMAGENET16_FILES = {True: [f'train_data_batch_{i}' for i in range(1, 11)], False: ['val_data']}
+IMAGENET16_CLASSES = 120
 
 
 @dataclass
@@ -40,13 +49,14 @@ class ArrayData:
     num_classes: int
     mean: tuple
     std: tuple
+    crop_pad: int = 4           # zero padding of the random-crop augmentation (NAS-Bench-201: 2 for 16x16)
 
     def __len__(self):
         return len(self.labels)
 
     def to(self, device):
         """The same data held on `device` (on a GPU: the whole split resident, batches never copied)."""
-        return ArrayData(self.images.to(device), self.labels.to(device), self.num_classes, self.mean, self.std)
+        return dataclasses.replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
 
 # --- loading ------------------------------------------------------------------------------------------
@@ -60,6 +70,8 @@ def load_arrays(dataset, root=None, train=True, download=False):
         return _load_cifar(dataset, root, train, download)
     if dataset == 'fashion-mnist':
         return _load_fashion_mnist(root, train)
+    if dataset == 'imagenet16-120':
+        return _load_imagenet16(root, train)
     return synthetic_arrays(SYNTHETIC_SIZES[train], seed=0 if train else 1)
 
 
@@ -115,6 +127,42 @@ def _load_fashion_mnist(root, train):
     # (N, 28, 28) -> (N, 1, 32, 32): zero padding of 2 so the CIFAR networks run unchanged.
     x = F.pad(torch.from_numpy(images.copy()).unsqueeze(1), (2, 2, 2, 2))
     return ArrayData(x, torch.from_numpy(labels.astype(np.int64)), 10, FMNIST_MEAN, FMNIST_STD)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles containers and numpy arrays only, so a data file cannot run code."""
+    ALLOWED = {(f'numpy.{core}.{m}', n) for core in ('core', '_core')
+               for m, n in (('multiarray', '_reconstruct'), ('multiarray', 'scalar'), ('numeric', '_frombuffer'))}
+    ALLOWED |= {('numpy', 'ndarray'), ('numpy', 'dtype')}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f'{module}.{name} is not allowed in a data file')
+        return super().find_class(module, name)
+
+
+def _load_imagenet16(root, train):
+    images, labels = [], []
+    for name in IMAGENET16_FILES[train]:
+        path = os.path.join(root, name)
+        if not os.path.isfile(path):
+            raise UserError(f'ImageNet16-120 file {name} not found in {root}: expected train_data_batch_1 .. 10 and '
+                            'val_data of the 16x16 downsampled ImageNet (the files NAS-Bench-201 uses); point --data '
+                            'at their folder')
+        try:
+            with open(path, 'rb') as f:
+                entry = _ArrayUnpickler(f, encoding='latin1').load()
+            x = np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 16, 16)
+            y = np.asarray(entry['labels'], dtype=np.int64).reshape(-1)
+            if len(x) != len(y):
+                raise ValueError(f'{len(x)} images but {len(y)} labels')
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, IndexError) as e:
+            raise UserError(f'ImageNet16-120 file {path} is truncated or corrupted ({e}); download it again')
+        keep = (y >= 1) & (y <= IMAGENET16_CLASSES)
+        images.append(x[keep])
+        labels.append(y[keep] - 1)
+    return ArrayData(torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)),
+                     IMAGENET16_CLASSES, IMAGENET16_MEAN, IMAGENET16_STD, crop_pad=2)
 
 
 def synthetic_arrays(n, num_classes=10, size=32, seed=0):
@@ -173,8 +221,8 @@ def add_data_args(parser, default_dataset='cifar100'):
     g.add_argument('--dataset', default=default_dataset, choices=DATASETS,
                    help='dataset; the reference hard-codes cifar100')
     g.add_argument('--data', default=None,
-                   help='dataset folder; None means ./data for CIFAR and /usr/share/datasets/fashion-mnist '
-                        'for Fashion-MNIST')
+                   help='dataset folder; None means ./data for CIFAR, /usr/share/datasets/fashion-mnist '
+                        'for Fashion-MNIST and ./data/ImageNet16 for ImageNet16-120')
     g.add_argument('--download', action='store_true', help='download CIFAR with torchvision (needs internet)')
     g.add_argument('--split_data', type=int, default=1, choices=[0, 1],
                    help='1: train on one part of the training set, validate on the other; '
@@ -216,8 +264,7 @@ def load_search_data(args):
     train = load_arrays(args.dataset, args.data, train=True, download=args.download)
     if args.random_label:
         g = torch.Generator().manual_seed(derive_seed('random_label', args.split_seed))
-        train = ArrayData(train.images, torch.randint(0, train.num_classes, (len(train),), generator=g),
-                          train.num_classes, train.mean, train.std)
+        train = dataclasses.replace(train, labels=torch.randint(0, train.num_classes, (len(train),), generator=g))
     if args.split_data:
         if args.split_file:
             train_idx, valid_idx = read_split_file(args.split_file, len(train))
@@ -319,7 +366,7 @@ class BatchLoader:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if self.augment:
-            x = augment_batch(x, generator)
+            x = augment_batch(x, generator, pad=self.data.crop_pad)
         x = (x - self._mean) * self._inv_std
         if self.augment and self.cutout:
             x = cutout_batch(x, self.cutout, generator)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhe
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+import data  # noqa: E402
 import genotypes  # noqa: E402
 from retrain.model import NetworkCIFAR, NetworkImageNet  # noqa: E402
 from retrain.train_loop import evaluate, make_loaders, train_one_epoch  # noqa: E402
@@ -36,14 +37,15 @@ from utils import (ArgumentParser, Dist, Run, UserError, check_new_run_dir, choo
                    stop_requested)
 
 CHECKPOINT, BEST = 'checkpoint.pth.tar', 'model_best.pth.tar'
-DATASETS = ['imagenet', 'cifar10', 'cifar100', 'fashion-mnist', 'synthetic']
-# Defaults per setting: SPEC section 5 for ImageNet, the DARTS evaluation protocol for 32x32 data.
+DATASETS = ['imagenet'] + data.DATASETS
+# Defaults per setting: SPEC section 5 for ImageNet, the DARTS evaluation protocol for the small images
+# (cutout half the image side: 16 on 32x32, 8 on ImageNet16-120's 16x16).
 DEFAULTS = {
     'imagenet': dict(epochs=250, batch_size=1024, learning_rate=0.5, weight_decay=3e-5, layers=14, init_channels=48,
                      lr_scheduler='linear', warmup_epochs=5, label_smooth=0.1, cutout_length=0, drop_path_prob=0.0,
                      auxiliary=False, workers=8),
     'cifar': dict(epochs=600, batch_size=96, learning_rate=0.025, weight_decay=3e-4, layers=20, init_channels=36,
-                  lr_scheduler='cosine', warmup_epochs=0, label_smooth=0.0, cutout_length=16, drop_path_prob=0.2,
+                  lr_scheduler='cosine', warmup_epochs=0, label_smooth=0.0, drop_path_prob=0.2,
                   auxiliary=True, workers=0),
 }
 # ImageNet channel counts of the reference's model zoo (used when --init_channels is not given).
@@ -56,7 +58,7 @@ def get_args_parser():
                                    'from SPEC section 5 for imagenet and the DARTS protocol otherwise.')
     g = p.add_argument_group('reference flags')
     g.add_argument('--data_root', '--data', dest='data', default=None,
-                   help='ImageNet folder with train/ and val/, or the CIFAR / Fashion-MNIST folder')
+                   help='ImageNet folder with train/ and val/, or the CIFAR / Fashion-MNIST / ImageNet16 folder')
     g.add_argument('--arch', default='GENAS_FLATNESS_CIFAR100', help='named genotype or genotype .json of the search')
     g.add_argument('--batch_size', type=int, default=None,
                    help='global batch, split over processes (per dataset: 1024 / 96)')
@@ -68,7 +70,8 @@ def get_args_parser():
                    help='C (per dataset: the model zoo value for GENAS_* on ImageNet, else 48 / 36)')
     g.add_argument('--layers', type=int, default=None, help='cells (per dataset: 14 / 20)')
     g.add_argument('--auxiliary', action=argparse.BooleanOptionalAction, default=None,
-                   help='auxiliary head (per dataset: off for ImageNet unless given, as the reference; on for CIFAR)')
+                   help='auxiliary head (per dataset: off for ImageNet unless given, as the reference; on for 32x32 '
+                        'images; off and unavailable for 16x16)')
     g.add_argument('--auxiliary_weight', type=float, default=0.4, help='weight of the auxiliary loss')
     g.add_argument('--drop_path_prob', type=float, default=None,
                    help='final drop-path probability (per dataset: 0 / 0.2)')
@@ -85,7 +88,8 @@ def get_args_parser():
     g.add_argument('--dataset', default='imagenet', choices=DATASETS, help='dataset')
     g.add_argument('--download', action='store_true', help='download CIFAR with torchvision (needs internet)')
     g.add_argument('--warmup_epochs', type=int, default=None, help='linear warm-up epochs (per dataset: 5 / 0)')
-    g.add_argument('--cutout_length', type=int, default=None, help='cutout square side, 0: off (per dataset: 0 / 16)')
+    g.add_argument('--cutout_length', type=int, default=None,
+                   help='cutout square side, 0: off (per dataset: 0 / half the image side, 16 on 32x32)')
     g.add_argument('--no_normalize', action='store_true',
                    help='ImageNet: feed raw [0, 1] pixels as the reference did (needed for its model zoo files)')
     g.add_argument('--train_subset', type=int, default=0,
@@ -105,6 +109,15 @@ def parse_args(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.dataset == 'imagenet' and args.init_channels is None:
         args.init_channels = ZOO_CHANNELS.get(args.arch.upper())
+    if args.dataset != 'imagenet':
+        small = image_size(args.dataset) < 32
+        if args.auxiliary and small:
+            raise UserError(f'--auxiliary needs 32x32 images (its head pools the 8x8 maps of the last third); '
+                            f'leave it off for {args.dataset}')
+        if args.auxiliary is None and small:
+            args.auxiliary = False
+        if args.cutout_length is None:
+            args.cutout_length = image_size(args.dataset) // 2
     for k, v in DEFAULTS['imagenet' if args.dataset == 'imagenet' else 'cifar'].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -130,6 +143,11 @@ def lr_factor(args):
     return factor
 
 
+def image_size(dataset):
+    """Side of the network's input: 224 for ImageNet (after cropping), the stored size otherwise."""
+    return 224 if dataset == 'imagenet' else data.IMAGE_SIZES.get(dataset, 32)
+
+
 def build_model(args, num_classes, genotype, auxiliary=None):
     cls = NetworkImageNet if args.dataset == 'imagenet' else NetworkCIFAR
     aux = args.auxiliary if auxiliary is None else auxiliary
@@ -138,7 +156,7 @@ def build_model(args, num_classes, genotype, auxiliary=None):
 
 def describe(model, args, genotype, device):
     """Log the genotype, parameters without the auxiliary head and multiply-adds for one input."""
-    size = 224 if args.dataset == 'imagenet' else 32
+    size = image_size(args.dataset)
     macs = count_macs(model, torch.zeros(1, 3, size, size, device=device))
     params = count_parameters(model)
     logger.info('genotype %s', genotype)
