@@ -84,6 +84,12 @@ def stop_requested(args, epoch, start_epoch, resume_path):
     return False
 
 
+def require_finite_loss(loss, where, fix):
+    """UserError naming where a training loss became NaN or infinite, and what to do."""
+    if not math.isfinite(loss):
+        raise UserError(f'training loss became {loss} {where}; {fix}')
+
+
 def parse_stds(text):
     """'0.001,0.003,0.006' -> [0.001, 0.003, 0.006]; positive and strictly increasing, or UserError."""
     try:
@@ -337,28 +343,6 @@ class Dist:
             dist.destroy_process_group()
 
 
-def _malloc_trim():
-    """glibc's malloc_trim, or None where there is none (macOS, musl)."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-            _MALLOC_TRIM = ctypes.CDLL('libc.so.6').malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    return _MALLOC_TRIM or None
-
-
-_MALLOC_TRIM = None
-
-
-def release_freed_memory():
-    """Hand memory that glibc keeps from freed tensors back to the OS (malloc_trim); no-op elsewhere."""
-    trim = _malloc_trim()
-    if trim:
-        trim(0)
-
-
 def resident_bytes():
     """This process's resident set size in bytes (Linux), or None."""
     try:
@@ -371,13 +355,20 @@ def resident_bytes():
 class HeapTrimmer:
     """Call after every training step. On a CPU, as the SPOS paths vary, glibc keeps freed activation
     blocks of many sizes and the RSS of supernet training climbs to about 1.9x its live memory. When
-    the RSS exceeds (1 + headroom) x the RSS after the first step, hand the freed memory back to the OS.
-    headroom 0: after every step (lowest memory, slowest: every step page-faults its activations
-    anew); negative: never. Does nothing on GPUs or without glibc. Results do not depend on it."""
+    the RSS exceeds (1 + headroom) x the RSS after the first step, hand the freed memory back to the OS
+    (glibc's malloc_trim). headroom 0: after every step (lowest memory, slowest: every step page-faults
+    its activations anew); negative: never. Does nothing on GPUs or without glibc. Results do not
+    depend on it."""
 
     def __init__(self, device, headroom):
-        usable = device.type == 'cpu' and _malloc_trim() is not None and resident_bytes() is not None
-        self.headroom = headroom if usable else -1.0
+        self._trim = None
+        if device.type == 'cpu' and headroom >= 0 and resident_bytes() is not None:
+            try:
+                import ctypes
+                self._trim = ctypes.CDLL('libc.so.6').malloc_trim
+            except (OSError, AttributeError):     # not glibc (macOS, musl)
+                pass
+        self.headroom = headroom if self._trim is not None else -1.0
         self.limit = None
         self.trims = 0
 
@@ -388,28 +379,29 @@ class HeapTrimmer:
         if self.limit is None:
             self.limit = rss * (1 + self.headroom)
         if self.headroom == 0 or rss > self.limit:
-            release_freed_memory()
+            self._trim(0)
             self.trims += 1
 
 
 # --- checkpoints ------------------------------------------------------------------------------------
 
-def save_checkpoint(state, path):
-    """torch.save to a temporary file, then os.replace: a crash never leaves a half-written file."""
+def _replace_atomically(path, write):
+    """write(temporary path), then os.replace onto path: a crash never leaves a half-written file."""
     path = Path(path)
     tmp = path.with_name(path.name + '.tmp')
-    torch.save(state, tmp)
+    write(tmp)
     os.replace(tmp, path)
     return path
+
+
+def save_checkpoint(state, path):
+    """torch.save, atomically."""
+    return _replace_atomically(path, lambda tmp: torch.save(state, tmp))
 
 
 def atomic_write_text(path, text):
-    """Write a text file through a temporary file and os.replace."""
-    path = Path(path)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    """Write a text file atomically."""
+    return _replace_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def load_checkpoint(path, map_location='cpu'):
@@ -469,11 +461,12 @@ class AverageMeter:
 
 
 def topk_correct(logits, target, topk=(1,)):
-    """Number of samples whose target is among the top-k logits, for each k (ints)."""
+    """Number of samples whose target is among the top-k logits, for each k (0-dim tensors on the
+    logits' device, so summing them needs no synchronization)."""
     maxk = min(max(topk), logits.size(1))
     pred = logits.topk(maxk, dim=1).indices                 # (N, maxk)
     hit = pred.eq(target.view(-1, 1))                        # (N, maxk)
-    return [int(hit[:, :min(k, maxk)].any(dim=1).sum()) for k in topk]
+    return [hit[:, :min(k, maxk)].any(dim=1).sum() for k in topk]
 
 
 def count_parameters(model, skip='auxiliary'):

@@ -53,19 +53,20 @@ class Cell(nn.Module):
         return torch.cat([states[i] for i in self._concat], dim=1)
 
 
-class AuxiliaryHeadCIFAR(nn.Module):
-    """On the 8x8 maps after cell 2*layers//3: pool to 2x2, 1x1 conv 128, 2x2 conv 768, linear."""
+class _AuxiliaryHead(nn.Module):
+    """ReLU, 5x5 average pool (stride `pool_stride`) to 2x2, 1x1 conv 128 + BN + ReLU, 2x2 conv 768
+    (+ BN if `bn_last`) + ReLU, linear. Module indices as in the reference."""
 
-    def __init__(self, C, num_classes):
+    def __init__(self, C, num_classes, pool_stride, bn_last):
         super().__init__()
         self.features = nn.Sequential(
             nn.ReLU(inplace=True),
-            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
+            nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False),
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
-            nn.BatchNorm2d(768),
+            *([nn.BatchNorm2d(768)] if bn_last else []),
             nn.ReLU(inplace=True),
         )
         self.classifier = nn.Linear(768, num_classes)
@@ -74,24 +75,18 @@ class AuxiliaryHeadCIFAR(nn.Module):
         return self.classifier(self.features(x).flatten(1))
 
 
-class AuxiliaryHeadImageNet(nn.Module):
+class AuxiliaryHeadCIFAR(_AuxiliaryHead):
+    """On the 8x8 maps after cell 2*layers//3."""
+
+    def __init__(self, C, num_classes):
+        super().__init__(C, num_classes, pool_stride=3, bn_last=True)
+
+
+class AuxiliaryHeadImageNet(_AuxiliaryHead):
     """On the 7x7 maps after cell 2*layers//3; no BN after the 2x2 conv, as in DARTS."""
 
     def __init__(self, C, num_classes):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.ReLU(inplace=True),
-            nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),
-            nn.Conv2d(C, 128, 1, bias=False),
-            nn.BatchNorm2d(128),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(128, 768, 2, bias=False),
-            nn.ReLU(inplace=True),
-        )
-        self.classifier = nn.Linear(768, num_classes)
-
-    def forward(self, x):
-        return self.classifier(self.features(x).flatten(1))
+        super().__init__(C, num_classes, pool_stride=2, bn_last=False)
 
 
 class _Network(nn.Module):

@@ -5,7 +5,9 @@ import torch
 import torch.nn as nn
 
 from data import BatchLoader, imagenet_folders, load_arrays
-from utils import UserError, amp_dtype, backward_and_step, logger, progress, topk_correct
+from utils import amp_dtype, backward_and_step, logger, progress, require_finite_loss, topk_correct
+
+FIX_DIVERGED = 'lower --learning_rate (or drop --amp) and resume from the last checkpoint'
 
 
 def make_loaders(args, device, dist):
@@ -83,16 +85,12 @@ def train_one_epoch(net, loader, optimizer, scaler, criterion, device, dist, arg
         seen += len(y)
         if (step + 1) % args.report_freq == 0:
             avg = loss_sum.item() / seen
-            if avg != avg or avg in (float('inf'), float('-inf')):
-                raise UserError(f'training loss became {avg} at epoch {epoch + 1} step {step + 1}; lower '
-                                '--learning_rate (or drop --amp) and resume from the last checkpoint')
+            require_finite_loss(avg, f'at epoch {epoch + 1} step {step + 1}', FIX_DIVERGED)
             logger.info('train epoch %d step %d/%d loss %.4f acc %.2f%%', epoch + 1, step + 1, len(loader), avg,
                         100 * correct.item() / seen)
     elapsed = time.time() - t0
     total_loss, total_correct, total_seen = dist.all_reduce_sum([loss_sum.item(), correct.item(), seen], device)
-    if total_loss != total_loss:
-        raise UserError(f'training loss became nan in epoch {epoch + 1}; lower --learning_rate (or drop --amp) '
-                        'and resume from the last checkpoint')
+    require_finite_loss(total_loss, f'in epoch {epoch + 1}', FIX_DIVERGED)
     return {'train_loss': total_loss / total_seen, 'train_acc': total_correct / total_seen,
             'images_per_s': total_seen / elapsed, 'train_images': int(total_seen)}
 
@@ -102,13 +100,18 @@ def evaluate(model, loader, device, dist, args):
     """Exact top-1 / top-5 / mean loss over the whole validation set (sums reduced over processes)."""
     model.eval()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    loss_sum, c1, c5, seen = 0.0, 0, 0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)    # sums stay on the device
+    c1 = torch.zeros((), dtype=torch.long, device=device)
+    c5 = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
     for x, y in progress(_batches(loader, device, fmt), is_main=dist.is_main, total=len(loader), desc='val'):
         with torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp):
             logits, _ = model(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction='sum').item()
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction='sum').double()
         top1, top5 = topk_correct(logits, y, (1, 5))
-        c1, c5, seen = c1 + top1, c5 + top5, seen + len(y)
-    loss_sum, c1, c5, seen = dist.all_reduce_sum([loss_sum, c1, c5, seen], device)
+        c1 += top1
+        c5 += top5
+        seen += len(y)
+    loss_sum, c1, c5, seen = dist.all_reduce_sum([loss_sum.item(), c1.item(), c5.item(), seen], device)
     return {'val_loss': loss_sum / max(seen, 1), 'val_top1': c1 / max(seen, 1), 'val_top5': c5 / max(seen, 1),
             'val_images': int(seen)}

@@ -156,6 +156,12 @@ def test_bad_input_exits_2_and_overwrites_nothing(tmp_path, capsys):
     assert snapshot_dir(run) == before
 
 
+def test_diverging_loss_exits_2_with_the_fix(tmp_path, capsys):
+    assert _cli(TINY + ['--epochs', 1, '--learning_rate', 1e30, '--save', tmp_path / 'run']) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]          # after the run's own log lines
+    assert last.startswith('error: training loss became') and 'lower --learning_rate' in last
+
+
 def test_torchrun_two_processes_match_single_process_evaluate(fmnist, tmp_path):
     run = tmp_path / 'ddp'
     args = ['--dataset', 'fashion-mnist', '--arch', 'DARTS_V2', '--init_channels', 8, '--layers', 3,

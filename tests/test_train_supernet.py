@@ -136,3 +136,10 @@ def test_fast_paths_give_the_same_first_step_loss():
         losses.append(loss.item())
     ref = torch.nn.functional.cross_entropy(copy.deepcopy(base).forward_reference(x, cand[:14], cand[14:]), y)
     assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0] == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_diverging_loss_exits_2_with_the_fix(tmp_path, capsys):
+    code, err = _cli(TINY + ['--epochs', 1, '--learning_rate', 1e30, '--save', tmp_path / 'run'], capsys)
+    last = err.strip().splitlines()[-1]                              # after the run's own log lines
+    assert code == 2 and last.startswith('error: training loss became'), err
+    assert 'lower --learning_rate' in last and 'last.pth.tar' in last

@@ -30,8 +30,8 @@ from data import BatchLoader, add_data_args, load_search_data, write_split_file 
 from train_supernet.super_model import Network, evaluate_candidate  # noqa: E402
 from utils import (ArgumentParser, Dist, HeapTrimmer, Run, UserError, amp_dtype, backward_and_step,  # noqa: E402
                    check_new_run_dir, choose_device, derive_seed, get_rng_state, load_checkpoint, load_state_checked,
-                   logger, make_scaler, progress, require, resolve_run_paths, run_cli, save_checkpoint,
-                   seed_everything, set_rng_state, stop_requested)
+                   logger, make_scaler, progress, require, require_finite_loss, resolve_run_paths, run_cli,
+                   save_checkpoint, seed_everything, set_rng_state, stop_requested)
 
 LAST = 'last.pth.tar'
 
@@ -136,9 +136,8 @@ def train_one_epoch(model, loader, optimizer, criterion, path_rng, args, epoch, 
         seen += len(y)
         if (step + 1) % args.report_freq == 0 or step + 1 == len(loader):
             avg = loss_sum.item() / seen
-            if not math.isfinite(avg):
-                raise UserError(f'training loss became {avg} at epoch {epoch + 1} step {step + 1}; lower '
-                                f'--learning_rate or --grad_clip and resume from {os.path.join(args.save, LAST)}')
+            require_finite_loss(avg, f'at epoch {epoch + 1} step {step + 1}', 'lower --learning_rate or '
+                                f'--grad_clip and resume from {os.path.join(args.save, LAST)}')
             acc = correct.item() / seen
             bar.set_postfix(loss=f'{avg:.3f}', acc=f'{100 * acc:.1f}%')
             if (step + 1) % args.report_freq == 0:
