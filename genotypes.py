@@ -560,14 +560,36 @@ def save_genotype(path, genotype, name=None, **extra):
     return path
 
 
+# Leading bytes of binary files users pass by mistake where text is expected.
+MAGIC = [(b'PK\x03\x04', 'a PyTorch checkpoint (zip archive)'), (b'\x80', 'a PyTorch checkpoint (pickle)'),
+         (b'\x89PNG', 'a PNG image'), (b'%PDF', 'a PDF document'), (b'\x1f\x8b', 'a gzip archive'),
+         (b'\x93NUMPY', 'a numpy array')]
+
+
+def read_text_file(path, flag, expected, fix):
+    """The UTF-8 text of a file given with `flag`; GenotypeError (one line) for a directory, an unreadable
+    file, or a binary one, saying what it looks like ("a PyTorch checkpoint ..., not a genotype JSON")."""
+    if os.path.isdir(path):
+        raise GenotypeError(f'{flag} {path} is a directory, not {expected}; {fix}')
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError as e:
+        raise GenotypeError(f'cannot read {flag} {path}: {e.strerror}')
+    try:
+        return data.decode('utf-8')
+    except UnicodeDecodeError:
+        kind = next((what for magic, what in MAGIC if data.startswith(magic)), 'a binary file')
+        raise GenotypeError(f'{flag} {path} looks like {kind}, not {expected}; {fix}') from None
+
+
 def load_genotype(path):
     """Read a genotype .json (ours or the search's genotype.json). Accepts a 'genotype' dict and/or a
     28-int 'candidate'; when both are there they must agree."""
+    text = read_text_file(path, '--arch', 'a genotype JSON',
+                          'pass a genotype name (e.g. DARTS_V2) or the genotype.json a search wrote')
     try:
-        with open(path) as f:
-            doc = json.load(f)
-    except OSError as e:
-        raise GenotypeError(f'cannot read genotype file {path}: {e.strerror}')
+        doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise GenotypeError(f'genotype file {path} is not valid JSON ({e}); write it with genotypes.save_genotype')
     if not isinstance(doc, dict) or ('genotype' not in doc and doc.get('candidate') is None):

@@ -3,13 +3,18 @@ args.json, metrics.jsonl, TensorBoard), seeding and RNG state, devices and torch
 checkpoints, meters and accuracy, parameter and multiply-add counts.
 """
 import argparse
+import contextlib
+import errno
+import fcntl
 import hashlib
+import io
 import json
 import logging
 import math
 import os
 import pickle
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -84,10 +89,27 @@ def stop_requested(args, epoch, start_epoch, resume_path):
     return False
 
 
-def require_finite_loss(loss, where, fix):
-    """UserError naming where a training loss became NaN or infinite, and what to do."""
+def require_finite_loss(loss, where, fix, what='training loss'):
+    """UserError naming where a (training or validation) loss became NaN or infinite, and what to do."""
     if not math.isfinite(loss):
-        raise UserError(f'training loss became {loss} {where}; {fix}')
+        raise UserError(f'{what} became {loss} {where}; nothing of this epoch was saved; {fix}')
+
+
+def require_finite_weights(module, where, fix):
+    """UserError when any floating tensor of module.state_dict() (weights, BN statistics) holds a NaN or an
+    infinity: called before saving, so that no checkpoint ever holds a diverged model."""
+    bad = [k for k, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise UserError(f'{len(bad)} weight tensors became NaN or infinite {where} (e.g. {bad[0]}); nothing of this '
+                        f'epoch was saved; {fix}')
+
+
+def resume_hint(run_dir, checkpoint):
+    """How to continue a run in run_dir: from its checkpoint when one exists, else from the beginning."""
+    path = Path(run_dir) / checkpoint
+    if path.exists():
+        return f'resume from {path} (the last good checkpoint)'
+    return f'rerun with --resume {run_dir} (no epoch was saved yet, so it starts over from the beginning)'
 
 
 def parse_stds(text):
@@ -117,6 +139,15 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _LogFileHandler(logging.FileHandler):
+    """log.txt. A write error (a full disk) stops it with one warning instead of a traceback per log line; the
+    write that fails next (a checkpoint, metrics) ends the run with the error."""
+
+    def handleError(self, record):
+        logger.removeHandler(self)
+        sys.stderr.write(f'warning: stopped writing {self.baseFilename} (a write failed: disk full?)\n')
+
+
 def setup_logging(log_file=None, is_main=True):
     """Console (and log.txt) logging for the `genas` logger; non-main ranks only warn."""
     logger.handlers.clear()
@@ -127,7 +158,7 @@ def setup_logging(log_file=None, is_main=True):
     console.setFormatter(fmt)
     logger.addHandler(console)
     if log_file is not None and is_main:
-        fh = logging.FileHandler(log_file, mode='a')
+        fh = _LogFileHandler(log_file, mode='a')
         fh.setFormatter(fmt)
         logger.addHandler(fh)
     return logger
@@ -148,9 +179,8 @@ class Run:
         self.is_main = is_main
         self._tb = None
         if is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
-            with open(self.path / 'args.json', 'w') as f:
-                json.dump(vars(args), f, indent=2, default=str)
+            lock_run_dir(self.path)                # a no-op where the stage took the lock already
+            atomic_write_text(self.path / 'args.json', json.dumps(vars(args), indent=2, default=str))
         setup_logging(self.path / 'log.txt' if is_main else None, is_main)
         if is_main and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -164,8 +194,7 @@ class Run:
         """Append one JSON line; numeric values also go to TensorBoard at `step`."""
         if not self.is_main:
             return
-        with open(self.metrics_file, 'a') as f:
-            f.write(json.dumps(record) + '\n')
+        append_line(self.metrics_file, json.dumps(record))
         if self._tb is not None and step is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != 'epoch':
@@ -176,9 +205,8 @@ class Run:
         """On resume: drop metric lines with record[key] > last (written after the checkpoint)."""
         if not self.is_main or not self.metrics_file.exists():
             return
-        lines = self.metrics_file.read_text().splitlines()
-        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get(key, -math.inf) <= last]
-        self.metrics_file.write_text(''.join(ln + '\n' for ln in kept))
+        kept = [json.dumps(r) for r in read_metrics(self.metrics_file) if r.get(key, -math.inf) <= last]
+        atomic_write_text(self.metrics_file, ''.join(ln + '\n' for ln in kept))
 
     @property
     def tb(self):
@@ -191,16 +219,102 @@ class Run:
 
 
 def read_metrics(path):
-    """All records of a metrics.jsonl file."""
+    """All records of a metrics.jsonl file (a last line cut short by a crash is left out)."""
     with open(path) as f:
-        return [json.loads(ln) for ln in f if ln.strip()]
+        lines = [ln for ln in f if ln.strip()]
+    records = []
+    for i, ln in enumerate(lines):
+        try:
+            records.append(json.loads(ln))
+        except ValueError:
+            if i + 1 < len(lines):
+                raise
+    return records
 
 
 def check_new_run_dir(path, marker, resuming):
-    """Refuse to start a fresh run over an existing one (nothing gets overwritten)."""
-    if not resuming and (Path(path) / marker).exists():
+    """Refuse to start a fresh run over an existing one (nothing gets overwritten), including one that stopped
+    before writing its first `marker` checkpoint (its args.json is there)."""
+    if resuming:
+        return
+    if (Path(path) / marker).exists():
         raise UserError(f'{path} already holds a run ({marker} exists); pass --resume {Path(path) / marker} '
                         'to continue it, or choose another --save directory')
+    if (Path(path) / 'args.json').exists():
+        raise UserError(f'{path} holds a run that stopped before its first {marker} (args.json, no {marker}); pass '
+                        f'--resume {path} to start it over from the beginning, or choose another --save directory')
+
+
+def restarts_from_beginning(resume, marker):
+    """--resume names a missing checkpoint `marker`: True when its directory holds a run that stopped before
+    writing it (args.json is there), which then starts over from the beginning; UserError otherwise."""
+    if os.path.isfile(resume):
+        return False
+    run_dir = Path(resume).parent
+    if Path(resume).name == marker and (run_dir / 'args.json').is_file():
+        logger.info('%s does not exist: the run in %s stopped before its first checkpoint, so it starts over from '
+                    'the beginning', resume, run_dir)
+        return True
+    raise UserError(f'checkpoint {resume} does not exist; pass the {marker} of a run directory (or the directory)')
+
+
+# --- one writer per run directory ---------------------------------------------------------------------
+
+LOCK_FILE = '.lock'
+_held_locks = {}        # real path of a run directory -> its open lock file (this process holds the lock)
+
+
+def lock_run_dir(path):
+    """Create run directory `path` and take an exclusive OS lock (flock) on its .lock file, held until
+    release_run_dirs() or the process ends (a crash or kill -9 releases it too). The file names the holder's
+    PID while held. A second process gets a UserError naming that PID. Re-entrant within one process."""
+    path = Path(path)
+    key = os.path.realpath(path)
+    if key in _held_locks:
+        return
+    if path.exists() and not path.is_dir():
+        raise UserError(f'--save {path} is an existing file, not a directory; choose another --save directory')
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        f = open(path / LOCK_FILE, 'a+')
+    except OSError as e:
+        raise UserError(f'cannot create the run directory {path} ({e.strerror}); choose a writable --save directory')
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or 'unknown'
+        f.close()
+        raise UserError(f'{path} is in use by another process (PID {holder}, which holds {path / LOCK_FILE}); wait '
+                        'for it to finish (or stop it), or choose another --save directory')
+    f.seek(0)
+    f.truncate()
+    f.write(f'{os.getpid()}\n')
+    f.flush()
+    _held_locks[key] = f
+
+
+def release_run_dirs():
+    """Empty and unlock every run-directory lock this process holds."""
+    for f in _held_locks.values():
+        with contextlib.suppress(OSError):
+            f.truncate(0)
+        f.close()                                  # closing the file releases the flock
+    _held_locks.clear()
+
+
+def locks_released(main):
+    """Decorator of a stage's main(): run-directory locks it takes are released when it returns or raises, so
+    that tests (and callers) can run several stages one after another in one process."""
+    import functools
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        finally:
+            release_run_dirs()
+    return wrapper
 
 
 # --- seeding and RNG state --------------------------------------------------------------------------
@@ -385,27 +499,78 @@ class HeapTrimmer:
 
 # --- checkpoints ------------------------------------------------------------------------------------
 
-def _replace_atomically(path, write):
-    """write(temporary path), then os.replace onto path: a crash never leaves a half-written file."""
+DISK_ERRORS = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is exceeded',
+               errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission denied',
+               errno.EPERM: 'permission denied'}
+
+
+@contextlib.contextmanager
+def write_guard(path, tmp=None):
+    """An OSError while writing `path` (through `tmp`, which is then removed) becomes one UserError naming the
+    file that was not written; files written before, the last good checkpoint included, stay as they were."""
+    try:
+        yield
+    except OSError as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        reason = DISK_ERRORS.get(e.errno, e.strerror or type(e).__name__)
+        raise UserError(f'{path} was not written: {reason}; free space (or choose a writable --save) and resume: '
+                        'the files written before are intact') from None
+
+
+def _replace_atomically(path, data):
+    """Write bytes to path.tmp, fsync, then os.replace onto path: a crash never leaves a half-written file, and
+    a full disk leaves the previous version in place (UserError, temporary file removed)."""
     path = Path(path)
     tmp = path.with_name(path.name + '.tmp')
-    write(tmp)
-    os.replace(tmp, path)
+    with write_guard(path, tmp):
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     return path
 
 
+def append_line(path, line):
+    """Append one line; on a full disk cut the file back to its old length (no half line) and raise UserError."""
+    size = os.path.getsize(path) if os.path.exists(path) else 0
+    try:
+        with write_guard(path), open(path, 'a') as f:
+            f.write(line + '\n')
+            f.flush()
+    except UserError:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise
+
+
 def save_checkpoint(state, path):
-    """torch.save, atomically."""
-    return _replace_atomically(path, lambda tmp: torch.save(state, tmp))
+    """torch.save (serialized in memory, so that write errors are plain OSErrors), atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return _replace_atomically(path, buf.getbuffer())
 
 
 def atomic_write_text(path, text):
     """Write a text file atomically."""
-    return _replace_atomically(path, lambda tmp: tmp.write_text(text))
+    return _replace_atomically(path, text.encode())
 
 
-def load_checkpoint(path, map_location='cpu'):
-    """torch.load(weights_only=True); a missing or unreadable file is a UserError."""
+def _newest_inside(directory, pattern):
+    """The last file matching pattern in directory in natural order (epoch 10 after epoch 9), else the pattern."""
+    natural = lambda p: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', p.name)]   # noqa: E731
+    found = sorted(Path(directory).glob(pattern), key=natural)
+    return found[-1] if found else Path(directory) / pattern
+
+
+def load_checkpoint(path, map_location='cpu', inside='*.pth.tar'):
+    """torch.load(weights_only=True); a missing or unreadable file is a UserError. A directory is refused with
+    the file inside it that is expected (`inside`: a name or glob pattern)."""
+    if os.path.isdir(path):
+        raise UserError(f'{path} is a directory, not a checkpoint file; pass the file inside it, e.g. '
+                        f'{_newest_inside(path, inside)}')
     if not os.path.isfile(path):
         raise UserError(f'checkpoint {path} does not exist; check the path')
     try:

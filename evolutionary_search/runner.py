@@ -12,7 +12,7 @@ from pathlib import Path
 import genotypes
 from evolutionary_search.evolution import cand_key
 from evolutionary_search.metrics import METRICS
-from utils import UserError, atomic_write_text, logger, progress
+from utils import UserError, append_line, atomic_write_text, logger, progress, write_guard
 
 CHECKPOINT = 'search_checkpoint.json'
 
@@ -48,8 +48,7 @@ def score_given(ctx, args, run, todo, dist):
         if dist.is_main:
             line = json.dumps(record)
             print(line, flush=True)
-            with open(run.path / 'scores.jsonl', 'a') as f:
-                f.write(line + '\n')
+            append_line(run.path / 'scores.jsonl', line)
             logger.info('%s score %.6g %s', record['name'], record['score'], format_components(record))
         results.append(record)
     return results
@@ -90,13 +89,15 @@ def write_genotype(run, evo, args):
     top = evo.best(10)
     best, info = top[0]
     geno = genotypes.decode(best)
-    path = genotypes.save_genotype(
-        run.path / 'genotype.json', geno, name=f'searched_{args.metric}', metric=args.metric, score=info['score'],
-        components=info, top10=[{'candidate': c, 'genotype': genotypes.genotype_to_dict(genotypes.decode(c)), **i}
-                                for c, i in top],
-        checkpoints={'model_path': os.path.abspath(args.model_path),
-                     'init_model_path': os.path.abspath(args.init_model_path) if args.init_model_path else None},
-        args=dict(vars(args)))
+    path = run.path / 'genotype.json'
+    with write_guard(path, f'{path}.tmp'):          # save_genotype writes <path>.tmp, then replaces
+        genotypes.save_genotype(
+            path, geno, name=f'searched_{args.metric}', metric=args.metric, score=info['score'],
+            components=info, top10=[{'candidate': c, 'genotype': genotypes.genotype_to_dict(genotypes.decode(c)),
+                                     **i} for c, i in top],
+            checkpoints={'model_path': os.path.abspath(args.model_path),
+                         'init_model_path': os.path.abspath(args.init_model_path) if args.init_model_path else None},
+            args=dict(vars(args)))
     return path, geno, info
 
 

@@ -29,7 +29,8 @@ from evolutionary_search.metrics import METRICS, NEEDS_INIT, PRECISIONS, Scoring
 from evolutionary_search.runner import CHECKPOINT, read_search, run_search, score_given  # noqa: E402
 from train_supernet.super_model import Network  # noqa: E402
 from utils import (ArgumentParser, Dist, Run, UserError, choose_device, load_checkpoint, load_state_checked,  # noqa: E402
-                   logger, parse_stds, require, resolve_run_paths, run_cli, seed_everything)
+                   lock_run_dir, locks_released, logger, parse_stds, require, resolve_run_paths, restarts_from_beginning,
+                   run_cli, seed_everything)
 
 # Flags that change scores or proposals: a resumed search must use the same values.
 SCORE_FLAGS = ['metric', 'stds', 'seed', 'max_train_img_size', 'max_val_img_size', 'wlm_weight', 'acc_weight',
@@ -106,14 +107,18 @@ def parse_args(argv=None):
                        'population_num', 'select_num')])
     require([(args.mutation_num + args.crossover_num <= args.population_num,
               '--mutation_num + --crossover_num must not exceed --population_num'),
+             (args.select_num <= args.population_num,
+              f'--select_num {args.select_num} exceeds --population_num {args.population_num}: the parents are '
+              'chosen among the population; lower --select_num'),
              (args.model_path is not None,
               '--model_path is required: the trained supernet checkpoint (e.g. checkpoint_epoch_250.pth.tar)')])
     return resolve_run_paths(args, CHECKPOINT, f'search-{args.metric}')
 
 
-def load_supernet(path, args):
-    """A supernet from a stage-1 or reference checkpoint; returns (model, checkpoint's stage-1 args)."""
-    ckpt = load_checkpoint(path)
+def load_supernet(path, args, inside='checkpoint_epoch_*.pth.tar'):
+    """A supernet from a stage-1 or reference checkpoint; returns (model, checkpoint's stage-1 args). `inside`:
+    the file expected when `path` is a stage-1 run directory."""
+    ckpt = load_checkpoint(path, inside=inside)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not any(k.endswith('classifier.weight') for k in state):
         raise UserError(f'{path} is not a supernet checkpoint (no state_dict with classifier weights)')
@@ -143,7 +148,7 @@ def build_context(args, device):
         if not args.init_model_path:
             raise UserError(f'--metric {args.metric} needs --init_model_path '
                             '(the checkpoint_epoch_0.pth.tar of stage 1)')
-        init_model, _ = load_supernet(args.init_model_path, args)
+        init_model, _ = load_supernet(args.init_model_path, args, inside='checkpoint_epoch_0.pth.tar')
         if init_model._C != model._C or init_model._layers != model._layers:
             raise UserError('--init_model_path and --model_path hold supernets of different shapes')
     fill_inherited(args, trained_args)
@@ -171,16 +176,17 @@ def read_candidates(args):
     """(name, 28 ints) for --candidates lines and --arch values."""
     out = []
     if args.candidates:
-        try:
-            lines = Path(args.candidates).read_text().splitlines()
-        except OSError as e:
-            raise UserError(f'cannot read --candidates {args.candidates}: {e.strerror}')
+        lines = genotypes.read_text_file(args.candidates, '--candidates', 'a text file of candidates',
+                                         'pass a text file with one 28-int candidate per line').splitlines()
         for n, line in enumerate(lines, 1):
             if line.strip() and not line.lstrip().startswith('#'):
                 try:
                     out.append((f'line {n}', genotypes.parse_candidate(line)))
                 except genotypes.GenotypeError as e:
                     raise UserError(f'--candidates {args.candidates} line {n}: {e}')
+        if not out:
+            raise UserError(f'--candidates {args.candidates} holds no candidate (only comments or blank lines); '
+                            'put one 28-int candidate per line')
     for arch in args.arch or []:
         cand = genotypes.try_encode(genotypes.resolve_genotype(arch))
         if cand is None:
@@ -189,6 +195,7 @@ def read_candidates(args):
     return out
 
 
+@locks_released
 def main(args):
     dist = Dist()
     device = choose_device(args.device, dist.local_rank)
@@ -199,8 +206,9 @@ def main(args):
     evo = Evolution(args.max_epochs, args.population_num, args.select_num, args.mutation_num, args.crossover_num,
                     args.m_prob, seed=args.seed)
     ckpt_path = args.resume or os.path.join(args.save, CHECKPOINT)
-    if args.resume and not os.path.isfile(args.resume):
+    if args.resume and not os.path.isfile(args.resume) and not restarts_from_beginning(args.resume, CHECKPOINT):
         raise UserError(f'--resume {args.resume} does not exist; pass the {CHECKPOINT} of a search run directory')
+    dist.from_main(lambda: lock_run_dir(args.save))      # rank 0 alone writes
     resuming = todo is None and not args.refresh and dist.from_main(lambda: os.path.isfile(ckpt_path))
     if resuming:      # rank 0 reads it; run_search hands the state to the other ranks
         state = dist.from_main(lambda: read_search(ckpt_path, args, SCORE_FLAGS))

@@ -30,13 +30,14 @@ import torch.nn as nn  # noqa: E402
 import data  # noqa: E402
 import genotypes  # noqa: E402
 from retrain.model import NetworkCIFAR, NetworkImageNet  # noqa: E402
-from retrain.train_loop import evaluate, make_loaders, train_one_epoch  # noqa: E402
+from retrain.train_loop import CHECKPOINT, diverged_fix, evaluate, make_loaders, train_one_epoch  # noqa: E402
 from utils import (ArgumentParser, Dist, Run, UserError, check_new_run_dir, choose_device, count_macs,  # noqa: E402
-                   count_parameters, derive_seed, get_rng_state, load_checkpoint, load_state_checked, logger,
-                   make_scaler, require, resolve_run_paths, run_cli, save_checkpoint, seed_everything, setup_logging,
-                   stop_requested)
+                   count_parameters, derive_seed, get_rng_state, load_checkpoint, load_state_checked, lock_run_dir,
+                   locks_released, logger, make_scaler, require, require_finite_loss, require_finite_weights,
+                   resolve_run_paths, restarts_from_beginning, run_cli, save_checkpoint, seed_everything,
+                   setup_logging, stop_requested)
 
-CHECKPOINT, BEST = 'checkpoint.pth.tar', 'model_best.pth.tar'
+BEST = 'model_best.pth.tar'
 DATASETS = ['imagenet'] + data.DATASETS
 # Defaults per setting: SPEC section 5 for ImageNet, the DARTS evaluation protocol for the small images
 # (cutout half the image side: 16 on 32x32, 8 on ImageNet16-120's 16x16).
@@ -124,7 +125,9 @@ def parse_args(argv=None):
     require([(args.epochs >= 1, '--epochs must be >= 1'), (args.batch_size >= 1, '--batch_size must be >= 1'),
              (args.learning_rate > 0, '--learning_rate must be > 0'), (args.layers >= 3, '--layers must be >= 3'),
              (args.init_channels >= 2 and args.init_channels % 2 == 0, '--init_channels must be even and >= 2'),
-             (0 <= args.drop_path_prob < 1, '--drop_path_prob must lie in [0, 1)')])
+             (0 <= args.drop_path_prob < 1, '--drop_path_prob must lie in [0, 1)'),
+             (args.auxiliary_weight >= 0, f'--auxiliary_weight must be >= 0 (a negative weight rewards a wrong '
+                                          f'auxiliary head), got {args.auxiliary_weight}')])
     return resolve_run_paths(args, CHECKPOINT, f'retrain-{args.dataset}')
 
 
@@ -178,7 +181,7 @@ def draw_cells(run, genotype):
 
 
 def run_evaluate(args, model, loaders, device, dist):
-    ckpt = load_checkpoint(args.evaluate, map_location='cpu')
+    ckpt = load_checkpoint(args.evaluate, map_location='cpu', inside=BEST)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
     load_state_checked(model, state, args.evaluate)
     result = evaluate(model, loaders[1], device, dist, args)
@@ -194,6 +197,11 @@ def resume_state(args, model, optimizer, scheduler, scaler):
     ckpt = load_checkpoint(args.resume)
     if not isinstance(ckpt, dict) or 'state_dict' not in ckpt or 'epoch' not in ckpt:
         raise UserError(f'{args.resume} is not a retrain checkpoint (needs state_dict and epoch)')
+    saved = ckpt.get('genotype')
+    if saved is not None and genotypes.genotype_from_dict(saved) != genotypes.resolve_genotype(args.arch):
+        trained = ckpt.get('args', {}).get('arch', 'another cell')
+        raise UserError(f'{args.resume} was trained with --arch {trained}, not {args.arch}; pass --arch {trained} '
+                        'to resume it, or choose another --save to train this cell')
     load_state_checked(model, ckpt['state_dict'], args.resume)
     if 'optimizer' in ckpt:
         optimizer.load_state_dict(ckpt['optimizer'])
@@ -205,6 +213,7 @@ def resume_state(args, model, optimizer, scheduler, scaler):
     return ckpt['epoch'], float(best.item() if torch.is_tensor(best) else best)
 
 
+@locks_released
 def main(args):
     dist = Dist()
     device = choose_device(args.device, dist.local_rank)
@@ -228,13 +237,11 @@ def main(args):
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(args))
     scaler = make_scaler(device, args.amp)
     start_epoch, best_acc = 0, 0.0
-    if args.resume:
+    if args.resume and not restarts_from_beginning(args.resume, CHECKPOINT):
         start_epoch, best_acc = resume_state(args, model, optimizer, scheduler, scaler)
         if start_epoch >= args.epochs:
             raise UserError(f'{args.resume} already finished {start_epoch} epochs; raise --epochs to train further')
-    if dist.is_main:
-        check_new_run_dir(args.save, CHECKPOINT, resuming=bool(args.resume))
-    dist.barrier()
+    dist.from_main(lambda: (lock_run_dir(args.save), check_new_run_dir(args.save, CHECKPOINT, bool(args.resume))))
     run = Run(args.save, args, is_main=dist.is_main)
     describe(model, args, genotype, device)
     logger.info('%d process(es) on %s, global batch %d (%d per process), %d train / %d val images',
@@ -259,6 +266,8 @@ def main(args):
         scheduler.step()
         dist.broadcast_buffers(model)              # evaluate (and save) exactly rank 0's model
         val = evaluate(model, loaders[1], device, dist, args)
+        require_finite_loss(val['val_loss'], f'in epoch {epoch + 1}', diverged_fix(args), 'validation loss')
+        require_finite_weights(model, f'in epoch {epoch + 1}', diverged_fix(args))     # before anything is saved
         best_acc = max(best_acc, val['val_top1'])
         record = {'epoch': epoch + 1, 'lr': lr, 'drop_path_prob': model.drop_path_prob, **train, **val,
                   'best_top1': best_acc, 'epoch_time': time.time() - t0}
@@ -271,10 +280,10 @@ def main(args):
             state = {'epoch': epoch + 1, 'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
                      'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'best_acc_top1': best_acc,
                      'rng': get_rng_state(), 'args': vars(args), 'genotype': genotypes.genotype_to_dict(genotype)}
-            save_checkpoint(state, run.path / CHECKPOINT)
-            if val['val_top1'] >= best_acc:
+            if val['val_top1'] >= best_acc:     # before the checkpoint: a crash in between redoes this epoch
                 save_checkpoint({k: state[k] for k in ('epoch', 'state_dict', 'best_acc_top1', 'args', 'genotype')},
                                 run.path / BEST)
+            save_checkpoint(state, run.path / CHECKPOINT)
         if stop_requested(args, epoch, start_epoch, run.path / CHECKPOINT):
             break
     run.close()

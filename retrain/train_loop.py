@@ -5,9 +5,14 @@ import torch
 import torch.nn as nn
 
 from data import BatchLoader, imagenet_folders, load_arrays
-from utils import amp_dtype, backward_and_step, logger, progress, require_finite_loss, topk_correct
+from utils import amp_dtype, backward_and_step, logger, progress, require_finite_loss, resume_hint, topk_correct
 
-FIX_DIVERGED = 'lower --learning_rate (or drop --amp) and resume from the last checkpoint'
+CHECKPOINT = 'checkpoint.pth.tar'
+
+
+def diverged_fix(args):
+    """What to do after a divergence: a lower rate, resumed from the checkpoint that exists."""
+    return f'lower --learning_rate (or drop --amp) and {resume_hint(args.save, CHECKPOINT)}'
 
 
 def make_loaders(args, device, dist):
@@ -85,12 +90,12 @@ def train_one_epoch(net, loader, optimizer, scaler, criterion, device, dist, arg
         seen += len(y)
         if (step + 1) % args.report_freq == 0:
             avg = loss_sum.item() / seen
-            require_finite_loss(avg, f'at epoch {epoch + 1} step {step + 1}', FIX_DIVERGED)
+            require_finite_loss(avg, f'at epoch {epoch + 1} step {step + 1}', diverged_fix(args))
             logger.info('train epoch %d step %d/%d loss %.4f acc %.2f%%', epoch + 1, step + 1, len(loader), avg,
                         100 * correct.item() / seen)
     elapsed = time.time() - t0
     total_loss, total_correct, total_seen = dist.all_reduce_sum([loss_sum.item(), correct.item(), seen], device)
-    require_finite_loss(total_loss, f'in epoch {epoch + 1}', FIX_DIVERGED)
+    require_finite_loss(total_loss, f'in epoch {epoch + 1}', diverged_fix(args))
     return {'train_loss': total_loss / total_seen, 'train_acc': total_correct / total_seen,
             'images_per_s': total_seen / elapsed, 'train_images': int(total_seen)}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
 
 import genotypes  # noqa: E402
-from utils import ArgumentParser, UserError, run_cli  # noqa: E402
+from utils import ArgumentParser, atomic_write_text, run_cli, write_guard  # noqa: E402
 
 
 def cell_dot(ops, concat, title):
@@ -41,17 +41,24 @@ def cell_dot(ops, concat, title):
 
 
 def render(dot_text, stem, formats=('png', 'pdf')):
-    """Write <stem>.dot; render the formats with `dot` when installed. Returns the written paths."""
+    """Write <stem>.dot; render the formats with `dot` when installed. Returns the written paths. Every file
+    is written to a temporary name and moved into place; a failure (a full disk) is one UserError."""
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    dot_path = stem.with_suffix('.dot')
-    dot_path.write_text(dot_text)
+    with write_guard(stem.parent):
+        stem.parent.mkdir(parents=True, exist_ok=True)
+    dot_path = atomic_write_text(stem.with_suffix('.dot'), dot_text)
     written = [dot_path]
     exe = shutil.which('dot')
     if exe:
         for fmt in formats:
             out = stem.with_suffix(f'.{fmt}')
-            subprocess.run([exe, f'-T{fmt}', str(dot_path), '-o', str(out)], check=True, capture_output=True)
+            tmp = out.with_name(out.name + '.tmp')
+            proc = subprocess.run([exe, f'-T{fmt}', str(dot_path), '-o', str(tmp)], capture_output=True, text=True)
+            with write_guard(out, tmp):
+                if proc.returncode != 0:
+                    reason = (proc.stderr.strip().splitlines() or ['no message'])[-1]
+                    raise OSError(None, f'graphviz dot failed: {reason}')
+                os.replace(tmp, out)
             written.append(out)
     return written
 
@@ -79,10 +86,7 @@ def parse_args(argv=None):
 
 def main(args):
     genotype = genotypes.resolve_genotype(args.arch)
-    try:
-        written = plot_genotype(genotype, args.out)
-    except (OSError, subprocess.CalledProcessError) as e:
-        raise UserError(f'cannot write the cell drawings to {args.out}: {e}')
+    written = plot_genotype(genotype, args.out)
     for paths in written.values():
         for p in paths:
             print(p)

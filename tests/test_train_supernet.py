@@ -142,4 +142,5 @@ def test_diverging_loss_exits_2_with_the_fix(tmp_path, capsys):
     code, err = _cli(TINY + ['--epochs', 1, '--learning_rate', 1e30, '--save', tmp_path / 'run'], capsys)
     last = err.strip().splitlines()[-1]                              # after the run's own log lines
     assert code == 2 and last.startswith('error: training loss became'), err
-    assert 'lower --learning_rate' in last and 'last.pth.tar' in last
+    # no epoch finished, so there is no last.pth.tar to name: the hint restarts the run from its beginning
+    assert 'lower --learning_rate' in last and f'--resume {tmp_path / "run"} (no epoch was saved yet' in last

@@ -4,7 +4,7 @@
     python3 train.py --seed 1 --data ../data --epochs 250 --save ../runs/supernet-c100 \
         --random_label 0 --split_data 1                     # CIFAR-100 as the reference
     python3 train.py --dataset fashion-mnist --epochs 2 --init_channels 8 --layers 5   # offline, CPU
-    python3 train.py --resume ../runs/supernet-c100/last.pth.tar                       # after a crash
+    python3 train.py --resume ../runs/supernet-c100      # after a crash (in the first epoch: starts over)
 
 Writes to --save: checkpoint_epoch_0.pth.tar (initial weights, needed by the angle metric),
 checkpoint_epoch_{N}.pth.tar every --save_freq epochs and at the end, last.pth.tar (everything to
@@ -30,10 +30,11 @@ from data import BatchLoader, add_data_args, load_search_data, write_split_file 
 from train_supernet.super_model import Network, evaluate_candidate  # noqa: E402
 from utils import (ArgumentParser, Dist, HeapTrimmer, Run, UserError, amp_dtype, backward_and_step,  # noqa: E402
                    check_new_run_dir, choose_device, derive_seed, get_rng_state, load_checkpoint, load_state_checked,
-                   logger, make_scaler, progress, require, require_finite_loss, resolve_run_paths, run_cli,
+                   lock_run_dir, locks_released, logger, make_scaler, progress, require, require_finite_loss,
+                   require_finite_weights, restarts_from_beginning, resolve_run_paths, resume_hint, run_cli,
                    save_checkpoint, seed_everything, set_rng_state, stop_requested)
 
-LAST = 'last.pth.tar'
+LAST, INITIAL = 'last.pth.tar', 'checkpoint_epoch_0.pth.tar'
 
 
 def get_args_parser():
@@ -85,6 +86,9 @@ def get_args_parser():
                         "trains at the rate meant for e+1)")
     g.add_argument('--stop_after', type=int, default=0,
                    help='stop after N epochs of this invocation, resumable (for time-limited jobs; 0: off)')
+    g.add_argument('--allow_world_size_change', action='store_true',
+                   help='resume with another number of processes than the run was trained with (changes the global '
+                        'batch, so the run differs from an uninterrupted one); refused without this flag')
     return p
 
 
@@ -136,14 +140,17 @@ def train_one_epoch(model, loader, optimizer, criterion, path_rng, args, epoch, 
         seen += len(y)
         if (step + 1) % args.report_freq == 0 or step + 1 == len(loader):
             avg = loss_sum.item() / seen
-            require_finite_loss(avg, f'at epoch {epoch + 1} step {step + 1}', 'lower --learning_rate or '
-                                f'--grad_clip and resume from {os.path.join(args.save, LAST)}')
+            require_finite_loss(avg, f'at epoch {epoch + 1} step {step + 1}', diverged_fix(args))
             acc = correct.item() / seen
             bar.set_postfix(loss=f'{avg:.3f}', acc=f'{100 * acc:.1f}%')
             if (step + 1) % args.report_freq == 0:
                 logger.info('train epoch %d step %03d/%d loss %.4f acc %.2f%%', epoch + 1, step + 1, len(loader),
                             avg, 100 * acc)
     return loss_sum.item(), correct.item(), seen
+
+
+def diverged_fix(args):
+    return f'lower --learning_rate or --grad_clip and {resume_hint(args.save, LAST)}'
 
 
 def validate_random_paths(model, data, args, epoch, valid_loader, memory_format):
@@ -166,12 +173,26 @@ def validate_random_paths(model, data, args, epoch, valid_loader, memory_format)
     return sum(r[0] for r in results) / len(results), sum(r[1] for r in results) / len(results)
 
 
-def _resume_state(args, model, optimizer, scheduler, scaler):
+def _check_world_size(args, saved, world_size):
+    """Another number of processes changes the global batch: refused unless --allow_world_size_change."""
+    if saved is None or saved == world_size:
+        return
+    change = (f'{args.resume} was trained by {saved} process(es) (global batch {args.batch_size * saved}); this '
+              f'run has {world_size} (global batch {args.batch_size * world_size})')
+    if not args.allow_world_size_change:
+        raise UserError(f'{change}: start {saved} process(es), or pass --allow_world_size_change to continue with '
+                        'the new global batch')
+    logger.warning('WARNING: %s; continuing as --allow_world_size_change asks: the run will differ from an '
+                   'uninterrupted one', change)
+
+
+def _resume_state(args, model, optimizer, scheduler, scaler, world_size):
     """Load last.pth.tar into model/optimizer/scheduler; returns (epoch, path_rng state, rng state)."""
     ckpt = load_checkpoint(args.resume)
     if not isinstance(ckpt, dict) or 'scheduler' not in ckpt or 'path_rng' not in ckpt:
         raise UserError(f'{args.resume} is not a resumable stage-1 checkpoint (it lacks scheduler / RNG state); '
                         f'pass the {LAST} of a run directory')
+    _check_world_size(args, ckpt.get('world_size'), world_size)
     load_state_checked(model, ckpt['state_dict'], args.resume)
     optimizer.load_state_dict(ckpt['optimizer'])
     scheduler.load_state_dict(ckpt['scheduler'])
@@ -193,14 +214,21 @@ def _resume_state(args, model, optimizer, scheduler, scaler):
 
 
 def _start(args, model, optimizer, scheduler, scaler, path_rng, dist):
-    """Resume state or fresh start; returns the first epoch. Refuses to overwrite an existing run."""
+    """Lock the run directory; resume state or fresh start; returns the first epoch. Refuses to overwrite an
+    existing run. --resume of a run that stopped in its first epoch (no last.pth.tar) starts it over from its
+    initial weights (checkpoint_epoch_0.pth.tar), which gives the uninterrupted run exactly."""
     start_epoch = 0
-    if args.resume:
-        start_epoch, path_state, rng_state = _resume_state(args, model, optimizer, scheduler, scaler)
+    initial = os.path.join(os.path.dirname(args.resume or ''), INITIAL)
+    if args.resume and restarts_from_beginning(args.resume, LAST):
+        if os.path.isfile(initial):
+            load_state_checked(model, load_checkpoint(initial)['state_dict'], initial)
+    elif args.resume:
+        start_epoch, path_state, rng_state = _resume_state(args, model, optimizer, scheduler, scaler, dist.world_size)
         path_rng.setstate((path_state[0], tuple(path_state[1]), path_state[2]))
         set_rng_state(rng_state)
         if start_epoch >= args.epochs:
             raise UserError(f'{args.resume} already finished {start_epoch} epochs; raise --epochs to train further')
+    dist.from_main(lambda: lock_run_dir(args.save))     # rank 0 alone writes; after the read-only checks above
     check_new_run_dir(args.save, LAST, resuming=bool(args.resume))   # every rank, before anyone writes
     dist.barrier()
     return start_epoch
@@ -217,6 +245,7 @@ def _save_epoch(run, args, epoch, model, optimizer, scheduler, scaler, path_rng,
     save_checkpoint(state, run.path / LAST)
 
 
+@locks_released
 def main(args):
     dist = Dist()
     device = choose_device(args.device, dist.local_rank)
@@ -233,18 +262,19 @@ def main(args):
     start_epoch = _start(args, model, optimizer, scheduler, scaler, path_rng, dist)
 
     run = Run(args.save, args, is_main=dist.is_main)
-    meta = model_meta(args, data.num_classes)
+    meta = {**model_meta(args, data.num_classes), 'world_size': dist.world_size}
     logger.info('supernet C=%d layers=%d classes=%d: %d parameters; train %d / valid %d images; %d process(es) on '
                 '%s, batch %d per process, global batch %d', args.init_channels, args.layers, data.num_classes,
                 sum(p.numel() for p in model.parameters()), len(data.train_idx), len(data.valid_idx),
                 dist.world_size, device, args.batch_size, args.batch_size * dist.world_size)
     if dist.is_main and args.resume:
-        run.truncate_metrics('epoch', start_epoch)
+        run.truncate_metrics('epoch', start_epoch)      # lines written after the checkpoint (a crash in between)
         logger.info('resumed from %s after epoch %d', args.resume, start_epoch)
-    elif dist.is_main:
+    if dist.is_main and start_epoch == 0:
         write_split_file(run.path / 'split.json', data.train_idx, data.valid_idx)
-        save_checkpoint({'epoch': 0, 'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                         'args': vars(args), **meta}, run.path / 'checkpoint_epoch_0.pth.tar')
+        if not (run.path / INITIAL).exists():       # a restarted run keeps (and was loaded from) its own
+            save_checkpoint({'epoch': 0, 'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
+                             'args': vars(args), **meta}, run.path / INITIAL)
     # Every rank trains the same path each step, so only that path's gradients are averaged; the
     # others stay None or keep their in-place zeros exactly as in one process.
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
@@ -268,8 +298,10 @@ def main(args):
         train_time = time.time() - t0
         if not args.scheduler_step_first:
             scheduler.step()
+        require_finite_weights(model, f'in epoch {epoch + 1}', diverged_fix(args))     # every rank: same weights
         if dist.is_main:           # one random path, validated by rank 0 (its BN buffers are the saved ones)
             valid_loss, valid_acc = validate_random_paths(model, data, args, epoch, valid_loader, memory_format)
+            require_finite_loss(valid_loss, f'in epoch {epoch + 1}', diverged_fix(args), 'validation loss')
             record = {'epoch': epoch + 1, 'lr': lr, 'train_loss': loss_sum / seen, 'train_acc': correct / seen,
                       'valid_loss': valid_loss, 'valid_acc': valid_acc, 'epoch_time': time.time() - t0,
                       'images_per_s': seen / train_time}
