@@ -51,7 +51,7 @@ def stages(out, scale):
     search = ['--model_path', final, *cfg['search']]
     return [
         ('1. supernet', final, ['train_supernet/train.py', *data, *cfg['supernet'], '--save', sn],
-         ['--resume', sn] if (sn / 'last.pth.tar').exists() else []),
+         ['--resume', sn] if (sn / 'args.json').exists() else []),     # a run stopped early resumes or starts over
         ('2a. search wlm', out / 'search-wlm' / 'genotype.json',
          ['evolutionary_search/search.py', *search, '--metric', 'wlm', '--save', out / 'search-wlm'], []),
         ('2b. search angle+wlm', out / 'search-angle-wlm' / 'genotype.json',
@@ -60,7 +60,7 @@ def stages(out, scale):
         ('3. retrain', out / 'retrain' / 'model_best.pth.tar',
          ['retrain/retrain.py', *data, '--arch', out / 'search-wlm' / 'genotype.json', *cfg['retrain'],
           '--save', out / 'retrain'],
-         ['--resume', out / 'retrain'] if (out / 'retrain' / 'checkpoint.pth.tar').exists() else []),
+         ['--resume', out / 'retrain'] if (out / 'retrain' / 'args.json').exists() else []),
     ]
 
 

@@ -96,3 +96,41 @@ def readme_runs(fmnist, tmp_path_factory):
                               text=True)
         results.append((marker, body, proc))
     return sandbox, results
+
+
+# --- kill -9 at a chosen moment -----------------------------------------------------------------------
+
+def kill_moments(seed, first_epoch, later):
+    """Three seeded-random progress points: one in [first_epoch) (inside the first epoch or generation), two in
+    [first_epoch.stop, later.stop)."""
+    import random
+    rng = random.Random(seed)
+    return [rng.choice(first_epoch), *sorted(rng.sample(list(later), 2))]
+
+
+def log_lines(path, needle):
+    """How many lines of a log file contain `needle` (0 while it does not exist)."""
+    try:
+        return Path(path).read_text().count(needle)
+    except OSError:
+        return 0
+
+
+def run_and_kill(script, *args, reached, timeout=600):
+    """Start a stage CLI in a fresh process and SIGKILL it as soon as reached() is true (polled every 5 ms).
+    Returns True when it was killed, False when it ended before (then it must have succeeded)."""
+    import time
+    env = dict(os.environ, PYTHONHASHSEED='0', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
+    proc = subprocess.Popen([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while proc.poll() is None and not reached():
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f'{script} did not reach the kill point in {timeout}s')
+        time.sleep(0.005)
+    if proc.poll() is None:
+        proc.kill()
+    err = proc.communicate()[1]
+    assert proc.returncode in (0, -9), f'{script} exited {proc.returncode}:\n{err[-3000:]}'
+    return proc.returncode == -9

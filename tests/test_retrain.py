@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import genotypes as G
-from conftest import ROOT, cli_exit_code, run_script, snapshot_dir
+from conftest import ROOT, cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, snapshot_dir
 from retrain import retrain
 from retrain.model import NetworkCIFAR, NetworkImageNet, drop_path
 from retrain.visualize import cell_dot, plot_genotype
@@ -101,16 +101,37 @@ def test_cell_drawings(tmp_path):
     assert (tmp_path / 'darts_normal.dot').exists() and 'darts_reduce.dot' in proc.stdout
 
 
-def test_resume_is_bit_identical(tmp_path):
-    straight, split = tmp_path / 'straight', tmp_path / 'split'
-    run_script('retrain/retrain.py', *TINY, '--epochs', 2, '--save', straight)
-    run_script('retrain/retrain.py', *TINY, '--epochs', 2, '--save', split, '--stop_after', 1)
-    assert len(read_metrics(split / 'metrics.jsonl')) == 1
-    run_script('retrain/retrain.py', *TINY, '--epochs', 2, '--resume', split)
-    a, b = torch.load(straight / 'checkpoint.pth.tar'), torch.load(split / 'checkpoint.pth.tar')
-    assert a['epoch'] == b['epoch'] == 2
-    for k, v in a['state_dict'].items():
-        assert torch.equal(v, b['state_dict'][k]), k
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+    """An uninterrupted 2-epoch run (8 steps per epoch, a log line every step)."""
+    run = tmp_path_factory.mktemp('straight') / 'run'
+    run_script('retrain/retrain.py', *TINY, '--epochs', 2, '--report_freq', 1, '--save', run)
+    return run
+
+
+@pytest.mark.parametrize('moment', ['stop_after'] + kill_moments(3, range(1, 8), range(8, 16)),
+                         ids=lambda m: m if isinstance(m, str) else f'kill-9-after-log-line-{m}')
+def test_resume_is_bit_identical(straight, moment, tmp_path):
+    """--stop_after 1, or kill -9 after the moment-th training log line (the first inside epoch 1), then the
+    README's resume command: checkpoints and metrics equal to the uninterrupted run bit for bit."""
+    split = tmp_path / 'split'
+    argv = [*TINY, '--epochs', 2, '--report_freq', 1]
+    if moment == 'stop_after':
+        run_script('retrain/retrain.py', *argv, '--save', split, '--stop_after', 1)
+        assert len(read_metrics(split / 'metrics.jsonl')) == 1
+        killed = True
+    else:
+        killed = run_and_kill('retrain/retrain.py', *argv, '--save', split,
+                              reached=lambda: log_lines(split / 'log.txt', 'train epoch') >= moment)
+    if killed:
+        run_script('retrain/retrain.py', *argv, '--resume', split)
+    for name in ('checkpoint.pth.tar', 'model_best.pth.tar'):
+        a, b = torch.load(straight / name), torch.load(split / name)
+        assert a['epoch'] == b['epoch'] and a['best_acc_top1'] == b['best_acc_top1'], name
+        for k, v in a['state_dict'].items():
+            assert torch.equal(v, b['state_dict'][k]), (name, k)
+    a = torch.load(straight / 'checkpoint.pth.tar')
+    assert a['epoch'] == 2
     strip = lambda rs: [{k: v for k, v in r.items() if k not in ('epoch_time', 'images_per_s')} for r in rs]  # noqa
     assert strip(read_metrics(straight / 'metrics.jsonl')) == strip(read_metrics(split / 'metrics.jsonl'))
     assert {'optimizer', 'scheduler', 'scaler', 'best_acc_top1', 'rng', 'args'} <= set(a)

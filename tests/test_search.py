@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import genotypes as G
-from conftest import cli_exit_code, run_script, snapshot_dir
+from conftest import cli_exit_code, kill_moments, run_and_kill, run_script, snapshot_dir
 from evolutionary_search import search
 from train_supernet import train
 
@@ -32,18 +32,47 @@ def _cli(argv, capsys):
     return cli_exit_code(search, argv), capsys.readouterr()
 
 
-def test_search_resumes_exactly_after_a_kill(supernet, tmp_path):
-    straight, killed = tmp_path / 'straight', tmp_path / 'killed'
-    run_script('evolutionary_search/search.py', *ckpts(supernet), *TINY_SEARCH, '--save', straight)
-    run_script('evolutionary_search/search.py', *ckpts(supernet), *TINY_SEARCH, '--save', killed, '--stop_after', 8)
-    state = json.loads((killed / 'search_checkpoint.json').read_text())['evolution']
-    assert len(state['scores']) == 8 and state['generation'] == 1       # stopped inside generation 2
-    assert not (killed / 'genotype.json').exists()
-    run_script('evolutionary_search/search.py', *ckpts(supernet), *TINY_SEARCH, '--resume', killed)
+@pytest.fixture(scope='module')
+def straight(supernet, tmp_path_factory):
+    run = tmp_path_factory.mktemp('straight') / 'search'
+    run_script('evolutionary_search/search.py', *ckpts(supernet), *TINY_SEARCH, '--save', run)
+    return run
+
+
+def scored(run):
+    """Candidates in the search checkpoint (-1 before the run wrote its args.json, 0 before the checkpoint)."""
+    try:
+        return len(json.loads((run / 'search_checkpoint.json').read_text())['evolution']['scores'])
+    except OSError:
+        return 0 if (run / 'args.json').exists() else -1
+
+
+@pytest.mark.parametrize('moment', ['stop_after'] + kill_moments(2, range(0, 6), range(6, 18)),
+                         ids=lambda m: m if isinstance(m, str) else f'kill-9-after-{m}-scored')
+def test_search_resumes_exactly_after_a_kill(supernet, straight, moment, tmp_path):
+    """--stop_after 8, or kill -9 once `moment` candidates are scored (the first inside generation 1), then the
+    README's resume (the same command again): the same genotype.json and metrics.jsonl, bit for bit."""
+    killed = tmp_path / 'killed'
+    if moment == 'stop_after':
+        run_script('evolutionary_search/search.py', *ckpts(supernet), *TINY_SEARCH, '--save', killed,
+                   '--stop_after', 8)
+        state = json.loads((killed / 'search_checkpoint.json').read_text())['evolution']
+        assert len(state['scores']) == 8 and state['generation'] == 1       # stopped inside generation 2
+        assert not (killed / 'genotype.json').exists()
+        run_script('evolutionary_search/search.py', *ckpts(supernet), *TINY_SEARCH, '--resume', killed)
+    else:
+        if run_and_kill('evolutionary_search/search.py', *ckpts(supernet), *TINY_SEARCH, '--save', killed,
+                        reached=lambda: scored(killed) >= moment):
+            run_script('evolutionary_search/search.py', *ckpts(supernet), *TINY_SEARCH, '--save', killed)
     a, b = (json.loads((d / 'genotype.json').read_text()) for d in (straight, killed))
     assert [t['candidate'] for t in a['top10']] == [t['candidate'] for t in b['top10']]
     assert [t['score'] for t in a['top10']] == [t['score'] for t in b['top10']]
     assert (straight / 'metrics.jsonl').read_text() == (killed / 'metrics.jsonl').read_text()
+    assert (straight / 'search_checkpoint.json').read_bytes() == (killed / 'search_checkpoint.json').read_bytes()
+
+
+def test_genotype_json_holds_what_stage_3_needs(supernet, straight):
+    a = json.loads((straight / 'genotype.json').read_text())
     # genotype.json: best first, decodes, everything stage 3 and a reader need
     assert a['candidate'] == a['top10'][0]['candidate'] and a['score'] == a['top10'][0]['score']
     assert G.load_genotype(straight / 'genotype.json') == G.decode(a['candidate'])

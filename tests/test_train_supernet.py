@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import cli_exit_code, run_script, snapshot_dir
+from conftest import cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, snapshot_dir
 from train_supernet import train
 from train_supernet.super_model import Network
 from utils import read_metrics
@@ -19,12 +19,29 @@ def _cli(argv, capsys):
     return cli_exit_code(train, argv), capsys.readouterr().err
 
 
-def test_resume_is_bit_identical(tmp_path):
-    straight, split = tmp_path / 'straight', tmp_path / 'split'
-    run_script('train_supernet/train.py', *TINY, '--epochs', 3, '--save', straight)
-    run_script('train_supernet/train.py', *TINY, '--epochs', 3, '--save', split, '--stop_after', 1)
-    assert json.loads((split / 'metrics.jsonl').read_text().splitlines()[-1])['epoch'] == 1
-    run_script('train_supernet/train.py', *TINY, '--epochs', 3, '--resume', split / 'last.pth.tar')
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+    """An uninterrupted 3-epoch run (6 steps per epoch, a log line every 2)."""
+    run = tmp_path_factory.mktemp('straight') / 'run'
+    run_script('train_supernet/train.py', *TINY, '--epochs', 3, '--save', run)
+    return run
+
+
+@pytest.mark.parametrize('moment', ['stop_after'] + kill_moments(1, range(1, 3), range(3, 9)),
+                         ids=lambda m: m if isinstance(m, str) else f'kill-9-after-log-line-{m}')
+def test_resume_is_bit_identical(straight, moment, tmp_path):
+    """--stop_after 1, or kill -9 after the moment-th training log line (the first in epoch 1), then the
+    README's resume command: equal to the uninterrupted run bit for bit."""
+    split = tmp_path / 'split'
+    if moment == 'stop_after':
+        run_script('train_supernet/train.py', *TINY, '--epochs', 3, '--save', split, '--stop_after', 1)
+        assert json.loads((split / 'metrics.jsonl').read_text().splitlines()[-1])['epoch'] == 1
+        killed = True
+    else:
+        killed = run_and_kill('train_supernet/train.py', *TINY, '--epochs', 3, '--save', split,
+                              reached=lambda: log_lines(split / 'log.txt', 'train epoch') >= moment)
+    if killed:
+        run_script('train_supernet/train.py', *TINY, '--epochs', 3, '--resume', split)
 
     a, b = torch.load(straight / 'last.pth.tar'), torch.load(split / 'last.pth.tar')
     assert a['epoch'] == b['epoch'] == 3
@@ -32,6 +49,9 @@ def test_resume_is_bit_identical(tmp_path):
         assert torch.equal(v, b['state_dict'][k]), k
     for k, v in a['optimizer']['state'].items():
         assert torch.equal(v['momentum_buffer'], b['optimizer']['state'][k]['momentum_buffer'])
+    for name in ('checkpoint_epoch_0.pth.tar', 'checkpoint_epoch_3.pth.tar'):
+        a, b = torch.load(straight / name), torch.load(split / name)
+        assert all(torch.equal(v, b['state_dict'][k]) for k, v in a['state_dict'].items()), name
     strip = lambda recs: [{k: v for k, v in r.items() if k not in VOLATILE} for r in recs]   # noqa: E731
     assert strip(read_metrics(straight / 'metrics.jsonl')) == strip(read_metrics(split / 'metrics.jsonl'))
     assert len(read_metrics(straight / 'metrics.jsonl')) == 3
