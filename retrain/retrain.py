@@ -92,6 +92,10 @@ def get_args_parser():
                    help='cutout square side, 0: off (per dataset: 0 / half the image side, 16 on 32x32)')
     g.add_argument('--no_normalize', action='store_true',
                    help='ImageNet: feed raw [0, 1] pixels as the reference did (needed for its model zoo files)')
+    g.add_argument('--imagenet_pipeline', default='reference', choices=data.IMAGENET_PIPELINES,
+                   help='reference: square crops resized without anti-aliasing, quantized lighting, OpenCV-style '
+                        'eval resize (the pixels the reference and its model zoo saw); torchvision: '
+                        'RandomResizedCrop and anti-aliased Resize')
     g.add_argument('--train_subset', type=int, default=0,
                    help='train on a seeded subset of N images (0: all; not ImageNet)')
     g.add_argument('--test_subset', type=int, default=0, help='test on the first N test images (0: all; not ImageNet)')
@@ -189,20 +193,28 @@ def run_evaluate(args, model, loaders, device, dist):
     return result
 
 
+def finished_epochs(ckpt):
+    """Epochs a retrain checkpoint has finished. Ours store that number with the run's args; the reference's
+    (keys epoch, state_dict, best_acc_top1, optimizer only) store the 0-based index of the last finished one."""
+    return ckpt['epoch'] if 'args' in ckpt or 'scheduler' in ckpt else ckpt['epoch'] + 1
+
+
 def resume_state(args, model, optimizer, scheduler, scaler):
-    """Restore what a checkpoint holds; the reference's hold weights, optimizer and epoch only."""
+    """Restore what a checkpoint holds; the reference's hold weights, optimizer and epoch only. Returns
+    (epochs finished, best top-1)."""
     ckpt = load_checkpoint(args.resume)
     if not isinstance(ckpt, dict) or 'state_dict' not in ckpt or 'epoch' not in ckpt:
         raise UserError(f'{args.resume} is not a retrain checkpoint (needs state_dict and epoch)')
     load_state_checked(model, ckpt['state_dict'], args.resume)
     if 'optimizer' in ckpt:
         optimizer.load_state_dict(ckpt['optimizer'])
-    scheduler.last_epoch = ckpt['epoch'] - 1
-    scheduler.step()                               # sets the learning rate of epoch ckpt['epoch']
+    done = finished_epochs(ckpt)
+    scheduler.last_epoch = done - 1
+    scheduler.step()                               # sets the learning rate of epoch `done` (0-based)
     if ckpt.get('scaler') and scaler.is_enabled():
         scaler.load_state_dict(ckpt['scaler'])
     best = ckpt.get('best_acc_top1', 0.0)
-    return ckpt['epoch'], float(best.item() if torch.is_tensor(best) else best)
+    return done, float(best.item() if torch.is_tensor(best) else best)
 
 
 def main(args):
