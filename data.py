@@ -258,7 +258,8 @@ def resolve_split(args):
         split = Split('file', str(args.split_file))
     elif kind == 'nb201' or (kind == 'auto' and args.dataset in NB201_SPLIT_FILES and seed is None):
         if args.dataset not in NB201_SPLIT_FILES:
-            raise UserError(f'--split nb201 exists for cifar10 and cifar100 only; use --split seeded for {args.dataset}')
+            raise UserError(f'--split nb201 exists for cifar10 and cifar100 only; use --split seeded for '
+                            f'{args.dataset}')
         if portion not in (None, 0.5):
             raise UserError(f'--train_portion {portion} applies to a seeded split, but {args.dataset} uses the fixed '
                             f'25k/25k NAS-Bench-201 split; add --split seeded to cut it at {portion}')
@@ -534,7 +535,8 @@ def imagenet_folders(root, normalize=True, pipeline='reference'):
     try:
         train = torchvision.datasets.ImageFolder(os.path.join(root, 'train'),
                                                  imagenet_transforms(True, normalize, pipeline))
-        val = torchvision.datasets.ImageFolder(os.path.join(root, 'val'), imagenet_transforms(False, normalize, pipeline))
+        val = torchvision.datasets.ImageFolder(os.path.join(root, 'val'),
+                                               imagenet_transforms(False, normalize, pipeline))
     except (FileNotFoundError, RuntimeError) as e:
         raise UserError(f'cannot read ImageNet from {root}: {e}')
     if train.classes != val.classes:

@@ -88,7 +88,8 @@ def get_args_parser():
                         'images then include training images)')
     g.add_argument('--bn_images', default='shared', choices=['shared', 'per_candidate'],
                    help='BN recalibration images: shared: the same for every candidate (seeded by --seed); '
-                        'per_candidate: drawn from (seed, candidate), like the reference\'s fresh batches per candidate')
+                        'per_candidate: drawn from (seed, candidate), like the reference\'s fresh batches per '
+                        'candidate')
     g.add_argument('--bn_momentum', type=float, default=None,
                    help='BN momentum during recalibration; None: exact cumulative average; 0.1: the reference')
     g.add_argument('--perturb', default='cumulative', choices=['cumulative', 'direct'],

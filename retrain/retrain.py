@@ -31,10 +31,10 @@ import data  # noqa: E402
 import genotypes  # noqa: E402
 from retrain.model import NetworkCIFAR, NetworkImageNet  # noqa: E402
 from retrain.train_loop import evaluate, make_loaders, train_one_epoch  # noqa: E402
-from utils import (ArgumentParser, Dist, Run, UserError, check_new_run_dir, choose_device, count_macs,  # noqa: E402
-                   count_parameters, derive_seed, get_rng_state, load_checkpoint, load_state_checked, logger,
-                   make_scaler, require, resolve_run_paths, run_cli, save_checkpoint, seed_everything, setup_logging,
-                   stop_requested)
+from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, check_new_run_dir, choose_device,  # noqa: E402
+                   count_macs, count_parameters, derive_seed, get_rng_state, load_checkpoint, load_state_checked,
+                   logger, make_scaler, pop_noop_flags, require, resolve_run_paths, run_cli, save_checkpoint,
+                   seed_everything, setup_logging, stop_requested)
 
 CHECKPOINT, BEST = 'checkpoint.pth.tar', 'model_best.pth.tar'
 DATASETS = ['imagenet'] + data.DATASETS
@@ -106,11 +106,13 @@ def get_args_parser():
     g.add_argument('--evaluate', default=None, metavar='CKPT', help='only validate this checkpoint')
     g.add_argument('--stop_after', type=int, default=0,
                    help='stop after N epochs of this invocation (resumable; 0: off)')
+    add_noop_flags(p, {'note': str})           # the reference's free-text run note
     return p
 
 
 def parse_args(argv=None):
     args = get_args_parser().parse_args(argv)
+    pop_noop_flags(args)
     if args.dataset == 'imagenet' and args.init_channels is None:
         args.init_channels = ZOO_CHANNELS.get(args.arch.upper())
     if args.dataset != 'imagenet':

@@ -30,8 +30,8 @@ from data import BatchLoader, add_data_args, inherit_split, load_search_data, wr
 from train_supernet.super_model import Network, evaluate_candidate  # noqa: E402
 from utils import (ArgumentParser, Dist, HeapTrimmer, Run, UserError, add_noop_flags, amp_dtype,  # noqa: E402
                    backward_and_step, check_new_run_dir, choose_device, derive_seed, get_rng_state, load_checkpoint,
-                   load_state_checked, logger, make_scaler, pop_noop_flags, progress, require, require_finite_loss, resolve_run_paths, run_cli,
-                   save_checkpoint, seed_everything, set_rng_state, stop_requested)
+                   load_state_checked, logger, make_scaler, pop_noop_flags, progress, require, require_finite_loss,
+                   resolve_run_paths, run_cli, save_checkpoint, seed_everything, set_rng_state, stop_requested)
 
 LAST = 'last.pth.tar'
 
