@@ -176,9 +176,11 @@ def check_split(args, meta, data, notes):
     "valid" images would include training images), unless --force_split."""
     if not meta.get('args'):
         notes.append(f'{args.model_path} is a reference checkpoint (no args): scoring on {data.split.describe()}')
+    else:
+        notes.append(f'scoring on {data.split.describe()}')
     expected = trained_split(meta, args, len(data.train))
     if expected is None:
-        notes.append(f'the split {args.model_path} was trained on is unknown; scoring on {data.split.describe()}')
+        notes.append(f'the split {args.model_path} was trained on is unknown (not checked)')
     elif expected[0] != data.split_digest:
         message = (f'{args.model_path} was trained on {expected[1]}, but this search scores on '
                    f'{data.split.describe()}, whose valid part overlaps the supernet\'s training images')

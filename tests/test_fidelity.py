@@ -112,6 +112,7 @@ def test_stages_1_and_2_train_and_score_on_the_file_halves(fake_cifar10, recorde
     scored = [i for aug, idx in recorded_batches if not aug for i in idx]
     assert len(bn) == 64 and set(bn) <= set(tr)                                 # BN recalibration: train half
     assert scored == va[:40] and not set(scored) & set(tr)                       # acc: valid half, never train
+    assert 'scoring on the NAS-Bench-201 split file cifar-split.txt' in (tmp_path / 'search' / 'log.txt').read_text()
 
 
 def test_reference_checkpoint_scores_on_the_file_and_a_split_mismatch_is_refused(fake_cifar10, recorded_batches,
