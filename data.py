@@ -9,11 +9,13 @@ ImageNet (ImageFolder trees) goes through torchvision transforms and a DataLoade
 """
 import dataclasses
 import gzip
+import hashlib
 import json
 import math
 import os
 import pickle
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -210,6 +212,87 @@ def read_split_file(path, n):
     return torch.tensor(train, dtype=torch.long), torch.tensor(valid, dtype=torch.long)
 
 
+# NAS-Bench-201's fixed halves of the CIFAR training set (MIT licence, see splits/README.md): the split the
+# reference trains its supernets on (train half) and scores candidates against (valid half).
+SPLITS_DIR = Path(__file__).resolve().parent / 'splits'
+NB201_SPLIT_FILES = {'cifar10': 'cifar-split.txt', 'cifar100': 'cifar100-split.txt'}
+SPLIT_CHOICES = ['auto', 'nb201', 'seeded']
+SPLIT_FLAGS = ('split', 'split_file', 'split_seed', 'train_portion')    # the flags that choose a split
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which train / valid halves of the training set a run uses (`resolve_split` picks it from the flags)."""
+    kind: str                   # 'nb201' (the dataset's NAS-Bench-201 file), 'file', 'seeded', 'none' (split_data 0)
+    path: str = None            # the split file of 'nb201' / 'file'
+    seed: int = 0               # 'seeded' only
+    portion: float = 0.5
+
+    def describe(self):
+        if self.kind == 'nb201':
+            return f'the NAS-Bench-201 split file {Path(self.path).name}'
+        if self.kind == 'file':
+            return f'the split file {self.path}'
+        if self.kind == 'seeded':
+            return f'a seeded split (--split_seed {self.seed}, --train_portion {self.portion})'
+        return 'the whole training set (--split_data 0; the test set validates)'
+
+    def indices(self, n):
+        """(train, valid) index tensors for a training set of n images."""
+        if self.kind in ('nb201', 'file'):
+            return read_split_file(self.path, n)
+        if self.kind == 'seeded':
+            return seeded_split(n, self.portion, self.seed)
+        return torch.arange(n), torch.arange(0)
+
+
+def resolve_split(args):
+    """The split the data flags ask for; writes the resolved values back into args (args.split becomes the
+    kind, --split_seed / --train_portion their values) so that checkpoints record what was used. --split
+    auto: the NAS-Bench-201 file on cifar10 / cifar100 unless --split_seed is given, else a seeded split."""
+    kind = getattr(args, 'split', None) or 'auto'
+    seed, portion = getattr(args, 'split_seed', None), getattr(args, 'train_portion', None)
+    if not args.split_data:
+        split = Split('none')
+    elif getattr(args, 'split_file', None):
+        split = Split('file', str(args.split_file))
+    elif kind == 'nb201' or (kind == 'auto' and args.dataset in NB201_SPLIT_FILES and seed is None):
+        if args.dataset not in NB201_SPLIT_FILES:
+            raise UserError(f'--split nb201 exists for cifar10 and cifar100 only; use --split seeded for '
+                            f'{args.dataset}')
+        if portion not in (None, 0.5):
+            raise UserError(f'--train_portion {portion} applies to a seeded split, but {args.dataset} uses the fixed '
+                            f'25k/25k NAS-Bench-201 split; add --split seeded to cut it at {portion}')
+        split = Split('nb201', str(SPLITS_DIR / NB201_SPLIT_FILES[args.dataset]))
+    else:
+        split = Split('seeded', seed=0 if seed is None else seed, portion=0.5 if portion is None else portion)
+    args.split = split.kind
+    args.split_seed, args.train_portion = split.seed, split.portion
+    return split
+
+
+def split_flags_given(args):
+    """True when the user chose a split (any of SPLIT_FLAGS away from its 'not given' value)."""
+    return getattr(args, 'split', None) not in (None, 'auto') or any(
+        getattr(args, k, None) is not None for k in ('split_file', 'split_seed', 'train_portion'))
+
+
+def inherit_split(args, trained_args):
+    """Without split flags, use the split a stage-1 run recorded in its args (resume, search). Runs of this
+    project from before --split existed used a seeded split or --split_file."""
+    if split_flags_given(args) or not trained_args:
+        return
+    args.split = trained_args.get('split') or ('file' if trained_args.get('split_file') else 'seeded')
+    for k, default in (('split_file', None), ('split_seed', 0), ('train_portion', 0.5)):
+        setattr(args, k, trained_args.get(k, default))
+
+
+def split_digest(train_idx):
+    """A short fingerprint of the set of training indices (order-free): equal iff the halves are equal."""
+    idx = np.sort(torch.as_tensor(train_idx).cpu().numpy().astype('<i8'))
+    return hashlib.sha256(idx.tobytes()).hexdigest()[:16]
+
+
 def write_split_file(path, train_idx, valid_idx):
     doc = {'train': ['int', [str(int(i)) for i in train_idx]], 'valid': ['int', [str(int(i)) for i in valid_idx]]}
     atomic_write_text(path, json.dumps(doc))
@@ -227,11 +310,16 @@ def add_data_args(parser, default_dataset='cifar100'):
     g.add_argument('--split_data', type=int, default=1, choices=[0, 1],
                    help='1: train on one part of the training set, validate on the other; '
                         '0: train on all of it, validate on the test set')
-    g.add_argument('--train_portion', type=float, default=0.5,
-                   help='fraction of the training set in the train part (0.5 gives 25k/25k on CIFAR)')
-    g.add_argument('--split_seed', type=int, default=0, help='seed of the split permutation')
+    g.add_argument('--split', default='auto', choices=SPLIT_CHOICES,
+                   help='auto: the NAS-Bench-201 split file on cifar10 / cifar100 (as the reference; shipped in '
+                        'splits/), a seeded split on the other datasets or when --split_seed is given; nb201; seeded')
+    g.add_argument('--train_portion', type=float, default=None,
+                   help='fraction of the training set in the train part of a seeded split (None: 0.5, 25k/25k on '
+                        'CIFAR)')
+    g.add_argument('--split_seed', type=int, default=None,
+                   help='seed of a seeded split (None: 0); giving it chooses a seeded split')
     g.add_argument('--split_file', default=None,
-                   help='NAS-Bench-201 split JSON to use instead of the seeded split')
+                   help='NAS-Bench-201 format split JSON to use instead')
     g.add_argument('--train_subset', type=int, default=0, help='use only the first N images of the train part (0: all)')
     g.add_argument('--valid_subset', type=int, default=0, help='use only the first N images of the valid part (0: all)')
     g.add_argument('--random_label', type=int, default=0, choices=[0, 1],
@@ -246,14 +334,23 @@ class SearchData:
     valid: ArrayData            # the training set again (split_data 1) or the test set (split_data 0)
     valid_idx: torch.Tensor
     num_classes: int
+    split: Split = Split('none')
+    split_digest: str = ''      # split_digest of the whole train part (before --train_subset)
 
     def resident(self, device):
         """On a GPU, the images once on the device (uint8: 150 MB for CIFAR); on a CPU, unchanged."""
         if torch.device(device).type != 'cuda':
             return self
         train = self.train.to(device)
-        valid = train if self.valid is self.train else self.valid.to(device)
-        return SearchData(train, self.train_idx, valid, self.valid_idx, self.num_classes)
+        if self.valid.images is self.train.images:      # the valid part of the same images (true labels)
+            valid = dataclasses.replace(self.valid, images=train.images, labels=self.valid.labels.to(device))
+        else:
+            valid = self.valid.to(device)
+        return dataclasses.replace(self, train=train, valid=valid)
+
+    def split_record(self):
+        """What a stage-1 checkpoint stores so that stage 2 can check it scores on the same split."""
+        return {'split': self.split.describe(), 'split_digest': self.split_digest}
 
 
 def load_search_data(args):
@@ -261,24 +358,22 @@ def load_search_data(args):
     for flag in ('train_subset', 'valid_subset'):
         if getattr(args, flag) < 0:
             raise UserError(f'--{flag} must be >= 0 (0 = all images), got {getattr(args, flag)}')
+    split = resolve_split(args)
     train = load_arrays(args.dataset, args.data, train=True, download=args.download)
+    valid = train               # the valid part keeps the true labels: the reference randomizes the train part only
     if args.random_label:
         g = torch.Generator().manual_seed(derive_seed('random_label', args.split_seed))
         train = dataclasses.replace(train, labels=torch.randint(0, train.num_classes, (len(train),), generator=g))
-    if args.split_data:
-        if args.split_file:
-            train_idx, valid_idx = read_split_file(args.split_file, len(train))
-        else:
-            train_idx, valid_idx = seeded_split(len(train), args.train_portion, args.split_seed)
-        valid = train
-    else:
+    train_idx, valid_idx = split.indices(len(train))
+    if split.kind == 'none':
         valid = load_arrays(args.dataset, args.data, train=False, download=args.download)
-        train_idx, valid_idx = torch.arange(len(train)), torch.arange(len(valid))
+        valid_idx = torch.arange(len(valid))
+    digest = split_digest(train_idx)
     if args.train_subset:
         train_idx = train_idx[:args.train_subset]
     if args.valid_subset:
         valid_idx = valid_idx[:args.valid_subset]
-    return SearchData(train, train_idx, valid, valid_idx, train.num_classes)
+    return SearchData(train, train_idx, valid, valid_idx, train.num_classes, split, digest)
 
 
 # --- batches ------------------------------------------------------------------------------------------
@@ -405,19 +500,31 @@ class Lighting:
         return img + rgb.view(3, 1, 1)
 
 
-def imagenet_transforms(train, normalize=True):
-    """Train: random resized crop 224 (scale 0.08-1), flip, to-tensor, lighting; eval: resize 256,
-    center crop 224, to-tensor. Normalized with the ImageNet mean/std unless normalize=False
+IMAGENET_PIPELINES = ['reference', 'torchvision']
+
+
+def imagenet_transforms(train, normalize=True, pipeline='reference'):
+    """pipeline 'reference' (imagenet_reference.py): square crop resized to 224 without anti-aliasing,
+    quantized lighting, flip; eval: shorter side 256 by the same interpolation, centre crop 224.
+    'torchvision': RandomResizedCrop 224 (scale 0.08-1, aspect jitter), flip, to-tensor, lighting; eval:
+    anti-aliased Resize(256), CenterCrop(224). Normalized with the ImageNet mean/std unless normalize=False
     (the reference feeds raw [0, 1] pixels; its model zoo needs that)."""
     import torchvision.transforms as T
-    steps = ([T.RandomResizedCrop(224, scale=(0.08, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(), Lighting(0.1)]
-             if train else [T.Resize(256), T.CenterCrop(224), T.ToTensor()])
+    if pipeline == 'reference':
+        import imagenet_reference as R
+        steps = [T.PILToTensor()]            # uint8 (3, H, W); ImageFolder's loader gives RGB
+        steps += ([R.SquareCropResize(224), R.QuantizedLighting(IMAGENET_PCA_EIGVAL, IMAGENET_PCA_EIGVEC, 0.1),
+                   T.RandomHorizontalFlip()] if train else [R.ShorterSideResize(256), T.CenterCrop(224)])
+        steps.append(T.ConvertImageDtype(torch.float32))                       # / 255
+    else:
+        steps = ([T.RandomResizedCrop(224, scale=(0.08, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(), Lighting(0.1)]
+                 if train else [T.Resize(256), T.CenterCrop(224), T.ToTensor()])
     if normalize:
         steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
     return T.Compose(steps)
 
 
-def imagenet_folders(root, normalize=True):
+def imagenet_folders(root, normalize=True, pipeline='reference'):
     """(train, val) ImageFolder datasets under root/train and root/val."""
     import torchvision
     missing = [os.path.join(root or '', d) for d in ('train', 'val') if not os.path.isdir(os.path.join(root or '', d))]
@@ -426,8 +533,10 @@ def imagenet_folders(root, normalize=True):
         raise UserError(f'ImageNet needs --data_root with train/ and val/ ImageFolder trees (one folder per class); '
                         f'{problem}')
     try:
-        train = torchvision.datasets.ImageFolder(os.path.join(root, 'train'), imagenet_transforms(True, normalize))
-        val = torchvision.datasets.ImageFolder(os.path.join(root, 'val'), imagenet_transforms(False, normalize))
+        train = torchvision.datasets.ImageFolder(os.path.join(root, 'train'),
+                                                 imagenet_transforms(True, normalize, pipeline))
+        val = torchvision.datasets.ImageFolder(os.path.join(root, 'val'),
+                                               imagenet_transforms(False, normalize, pipeline))
     except (FileNotFoundError, RuntimeError) as e:
         raise UserError(f'cannot read ImageNet from {root}: {e}')
     if train.classes != val.classes:

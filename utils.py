@@ -56,6 +56,26 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def add_noop_flags(parser, flags):
+    """Accept the reference's flags that mean nothing here, so that its command lines run unchanged
+    (`pop_noop_flags` warns about them). flags: {name: type}, type None for a switch."""
+    g = parser.add_argument_group('reference flags without effect here (accepted with a warning)')
+    for name, kind in flags.items():
+        extra = dict(action='store_true') if kind is None else dict(type=kind, metavar=name.upper())
+        g.add_argument(f'--{name}', dest=f'noop_{name}', default=None, help='does nothing here', **extra)
+
+
+def pop_noop_flags(args):
+    """Remove the no-op flags from args; one warning line on stderr (rank 0) names those given."""
+    given = [k[len('noop_'):] for k, v in vars(args).items() if k.startswith('noop_') and v is not None]
+    for k in [k for k in vars(args) if k.startswith('noop_')]:
+        delattr(args, k)
+    if given and int(os.environ.get('RANK', 0)) == 0:
+        print(f'warning: {" ".join("--" + g for g in given)}: flag(s) of the reference that do nothing here '
+              '(accepted so that its command lines run unchanged)', file=sys.stderr)
+    return given
+
+
 def progress(iterable, is_main=True, **kwargs):
     """A tqdm bar on the main process when stderr is a terminal (log lines carry progress otherwise)."""
     from tqdm import tqdm

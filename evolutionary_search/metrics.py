@@ -9,7 +9,8 @@
 - angle+wlm, acc+wlm, angle+acc: the combinations of SPEC section 4.
 
 A score is a pure function of (candidate, ctx.seed, checkpoints, data): BN batches come from the seed
-alone (every candidate sees the same images), the weight noise from (seed, candidate).
+alone (every candidate sees the same images; from (seed, candidate) with bn_per_candidate), the weight
+noise from (seed, candidate).
 """
 import math
 from contextlib import contextmanager
@@ -46,6 +47,7 @@ class ScoringContext:
     perturb: str = 'cumulative'       # or 'direct'
     memory_format: torch.memory_format = torch.contiguous_format
     precision: str = 'fp32'           # numerics of scoring forwards, see `precision`
+    bn_per_candidate: bool = False    # BN recalibration images drawn per candidate (the reference draws fresh ones)
 
 
 PRECISIONS = ('fp32', 'tf32', 'bf16', 'fp16')
@@ -139,10 +141,12 @@ def angle(init_model, model, candidate):
 
 # --- data-driven metrics ----------------------------------------------------------------------------
 
-def bn_batches(ctx, n_images):
-    """ceil(n_images / batch_size) augmented training batches, the same for every candidate."""
+def bn_batches(ctx, n_images, candidate=None):
+    """ceil(n_images / batch_size) augmented training batches: the same for every candidate, or with
+    ctx.bn_per_candidate drawn from (seed, candidate), so still a pure function of the candidate."""
+    seed = derive_seed(ctx.seed, 'bn', list(candidate)) if ctx.bn_per_candidate else derive_seed(ctx.seed, 'bn')
     loader = BatchLoader(ctx.data.train, ctx.data.train_idx, ctx.batch_size, ctx.device, shuffle=True, augment=True,
-                         seed=derive_seed(ctx.seed, 'bn'), memory_format=ctx.memory_format)
+                         seed=seed, memory_format=ctx.memory_format)
     n_batches = min(math.ceil(n_images / ctx.batch_size), len(loader))
     it = iter(loader)
     return (next(it) for _ in range(n_batches))
@@ -157,7 +161,7 @@ def valid_loader(ctx, n_images):
 def recalibrated_accuracy(ctx, candidate, train_images, val_images):
     """Top-1 and loss after BN recalibration; the supernet is restored afterwards."""
     with ctx.model.preserved_path(candidate), precision(ctx):
-        ctx.model.recalibrate_bn(candidate, bn_batches(ctx, train_images), momentum=ctx.bn_momentum)
+        ctx.model.recalibrate_bn(candidate, bn_batches(ctx, train_images, candidate), momentum=ctx.bn_momentum)
         loss, acc = evaluate_candidate(ctx.model, candidate, valid_loader(ctx, val_images))
     return acc, loss
 
@@ -179,7 +183,8 @@ def perturbed_losses(ctx, candidate):
     gen = torch.Generator(device=ctx.device).manual_seed(derive_seed(ctx.seed, 'noise', list(candidate)))
     losses = []
     with model.preserved_path(candidate), precision(ctx):
-        model.recalibrate_bn(candidate, bn_batches(ctx, ctx.max_train_img_size), momentum=ctx.bn_momentum)
+        model.recalibrate_bn(candidate, bn_batches(ctx, ctx.max_train_img_size, candidate),
+                             momentum=ctx.bn_momentum)
         clean = [p.detach().clone() for p in params] if ctx.perturb == 'direct' else None
         prev = 0.0
         for s in ctx.stds:

@@ -65,11 +65,16 @@ def read_search(path, args, flags):
         doc = json.loads(Path(path).read_text())
         saved, state = doc['args'], doc['evolution']
     except (OSError, ValueError, KeyError) as e:
-        raise UserError(f'cannot resume from {path}: not a search checkpoint ({e!r}); start over with -r/--refresh')
-    changed = [f'--{k} {saved.get(k)} -> {getattr(args, k)}' for k in flags if saved.get(k) != getattr(args, k)]
+        raise UserError(f'cannot resume from {path}: not a search checkpoint ({e!r}); start over with --restart')
+    # Flags added after a checkpoint was written are absent from it: compare with what the older version did.
+    legacy = {'split': 'none' if saved.get('split_data') == 0 else 'file' if saved.get('split_file') else 'seeded',
+              'bn_images': 'shared'}
+    saved = {**legacy, **saved}
+    changed = [f'--{k} {saved.get(k)} -> {getattr(args, k)}' for k in flags
+               if k in saved and saved[k] != getattr(args, k)]
     if changed:
         raise UserError(f'{path} was written with other flags ({"; ".join(changed)}); use the original flags, '
-                        'or -r/--refresh to start over')
+                        'or --restart to start over')
     return state
 
 

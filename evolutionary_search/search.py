@@ -23,23 +23,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhe
 import torch  # noqa: E402
 
 import genotypes  # noqa: E402
-from data import add_data_args, load_search_data  # noqa: E402
+from data import add_data_args, inherit_split, load_search_data, resolve_split, split_digest  # noqa: E402
 from evolutionary_search.evolution import Evolution, cand_key  # noqa: E402
 from evolutionary_search.metrics import METRICS, NEEDS_INIT, PRECISIONS, ScoringContext  # noqa: E402
 from evolutionary_search.runner import CHECKPOINT, read_search, run_search, score_given  # noqa: E402
 from train_supernet.super_model import Network  # noqa: E402
-from utils import (ArgumentParser, Dist, Run, UserError, choose_device, load_checkpoint, load_state_checked,  # noqa: E402
-                   lock_run_dir, locks_released, logger, parse_stds, require, resolve_run_paths, restarts_from_beginning,
-                   run_cli, seed_everything)
+from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, choose_device, load_checkpoint,  # noqa: E402
+                   load_state_checked, lock_run_dir, locks_released, logger, parse_stds, pop_noop_flags, require,
+                   resolve_run_paths, restarts_from_beginning, run_cli, seed_everything)
 
 # Flags that change scores or proposals: a resumed search must use the same values.
 SCORE_FLAGS = ['metric', 'stds', 'seed', 'max_train_img_size', 'max_val_img_size', 'wlm_weight', 'acc_weight',
                'batch_size', 'bn_momentum', 'perturb', 'score_precision', 'acc_train_img_size', 'acc_val_img_size',
                'population_num', 'select_num', 'mutation_num', 'crossover_num', 'm_prob', 'dataset', 'split_data',
-               'train_portion', 'split_seed', 'split_file', 'random_label', 'train_subset', 'valid_subset']
-# Data flags that default to the values the supernet was trained with (stored in stage-1 checkpoints).
-INHERITED = {'dataset': 'cifar100', 'data': None, 'split_data': 1, 'train_portion': 0.5, 'split_seed': 0,
-             'split_file': None}
+               'split', 'train_portion', 'split_seed', 'split_file', 'random_label', 'train_subset', 'valid_subset',
+               'bn_images']
+# Data flags that default to the values the supernet was trained with (stored in stage-1 checkpoints); the
+# split flags too (data.inherit_split).
+INHERITED = {'dataset': 'cifar100', 'data': None, 'split_data': 1}
+SEARCH_OUTPUTS = (CHECKPOINT, 'metrics.jsonl', 'genotype.json')     # what --restart discards
+NOOP_FLAGS = {'cutout': None, 'cutout_length': int}      # reference flags that do nothing in its search either
 
 
 def get_args_parser():
@@ -59,9 +62,10 @@ def get_args_parser():
                         'batches are slower there), 512 on a GPU')
     g.add_argument('--seed', type=int, default=3, help='seed of the evolution, BN batches and weight noise')
     g.add_argument('--save', default=None, help='run directory; None means runs/search-<metric>-<time>')
-    g.add_argument('-r', '--refresh', action='store_true', help='ignore a search checkpoint in --save and start over')
+    g.add_argument('-r', '--refresh', action='store_true',
+                   help='resume the search checkpoint in --save, as the reference; what happens anyway without it')
     add_data_args(p)
-    p.set_defaults(**{k: None for k in INHERITED})
+    p.set_defaults(split=None, **{k: None for k in INHERITED})
     g = p.add_argument_group('evolution')
     g.add_argument('--max_epochs', type=int, default=20, help='generations')
     g.add_argument('--population_num', type=int, default=50, help='candidates per generation')
@@ -76,6 +80,16 @@ def get_args_parser():
     g.add_argument('--layers', type=int, default=None,
                    help='supernet cells; read from stage-1 checkpoints, needed for reference ones (8)')
     g.add_argument('--resume', default=None, help='search checkpoint (or its run directory) to continue')
+    g.add_argument('--restart', action='store_true',
+                   help='discard the search (checkpoint, generations, genotype.json) in --save and start over; '
+                        'without it a search is never overwritten')
+    g.add_argument('--force_split', action='store_true',
+                   help='score even when the split differs from the one the supernet was trained on (its "valid" '
+                        'images then include training images)')
+    g.add_argument('--bn_images', default='shared', choices=['shared', 'per_candidate'],
+                   help='BN recalibration images: shared: the same for every candidate (seeded by --seed); '
+                        'per_candidate: drawn from (seed, candidate), like the reference\'s fresh batches per '
+                        'candidate')
     g.add_argument('--bn_momentum', type=float, default=None,
                    help='BN momentum during recalibration; None: exact cumulative average; 0.1: the reference')
     g.add_argument('--perturb', default='cumulative', choices=['cumulative', 'direct'],
@@ -94,11 +108,13 @@ def get_args_parser():
                         'the measured ranking agreement before using anything but fp32')
     g.add_argument('--stop_after', type=int, default=0,
                    help='stop after scoring N candidates in this invocation (resumable; 0: off)')
+    add_noop_flags(p, NOOP_FLAGS)
     return p
 
 
 def parse_args(argv=None):
     args = get_args_parser().parse_args(argv)
+    pop_noop_flags(args)
     if args.metric not in METRICS:
         raise UserError(f'unknown --metric {args.metric!r}; choose one of {", ".join(METRICS)}')
     args.stds = parse_stds(args.stds)
@@ -116,8 +132,8 @@ def parse_args(argv=None):
 
 
 def load_supernet(path, args, inside='checkpoint_epoch_*.pth.tar'):
-    """A supernet from a stage-1 or reference checkpoint; returns (model, checkpoint's stage-1 args). `inside`:
-    the file expected when `path` is a stage-1 run directory."""
+    """A supernet from a stage-1 or reference checkpoint; returns (model, the checkpoint dict without weights).
+    `inside`: the file expected when `path` is a stage-1 run directory."""
     ckpt = load_checkpoint(path, inside=inside)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not any(k.endswith('classifier.weight') for k in state):
@@ -130,7 +146,7 @@ def load_supernet(path, args, inside='checkpoint_epoch_*.pth.tar'):
     num_classes = next(v for k, v in state.items() if k.endswith('classifier.weight')).shape[0]
     model = Network(C, num_classes, layers)
     load_state_checked(model, state, path)
-    return model, ckpt.get('args', {})
+    return model, {k: v for k, v in ckpt.items() if k not in ('state_dict', 'optimizer')}
 
 
 def fill_inherited(args, trained_args):
@@ -138,11 +154,49 @@ def fill_inherited(args, trained_args):
     for k, fallback in INHERITED.items():
         if getattr(args, k) is None:
             setattr(args, k, trained_args.get(k, fallback))
+    inherit_split(args, trained_args)
 
 
-def build_context(args, device):
-    """Load checkpoints and data; everything that can fail on user input fails here."""
-    model, trained_args = load_supernet(args.model_path, args)
+def trained_split(meta, args, n):
+    """(digest, description) of the train part the supernet was trained on, or None where unknown: recorded
+    by stage 1; derived from the args of older stage-1 checkpoints; for a reference checkpoint (no args) the
+    NAS-Bench-201 file of its CIFAR dataset, which the reference always trains on."""
+    if 'split_digest' in meta:
+        return meta['split_digest'], meta.get('split', 'its recorded split')
+    if meta.get('args'):
+        old = argparse.Namespace(dataset=args.dataset, split=None, split_file=None, split_seed=None,
+                                 train_portion=None, split_data=meta['args'].get('split_data', 1))
+        inherit_split(old, meta['args'])
+        split = resolve_split(old)
+    elif args.dataset in ('cifar10', 'cifar100'):
+        split = resolve_split(argparse.Namespace(dataset=args.dataset, split='nb201', split_data=1))
+    else:
+        return None
+    return split_digest(split.indices(n)[0]), split.describe()
+
+
+def check_split(args, meta, data, notes):
+    """One error line when the search would score on another split than the supernet was trained on (its
+    "valid" images would include training images), unless --force_split."""
+    if not meta.get('args'):
+        notes.append(f'{args.model_path} is a reference checkpoint (no args): scoring on {data.split.describe()}')
+    else:
+        notes.append(f'scoring on {data.split.describe()}')
+    expected = trained_split(meta, args, len(data.train))
+    if expected is None:
+        notes.append(f'the split {args.model_path} was trained on is unknown (not checked)')
+    elif expected[0] != data.split_digest:
+        message = (f'{args.model_path} was trained on {expected[1]}, but this search scores on '
+                   f'{data.split.describe()}, whose valid part overlaps the supernet\'s training images')
+        if not args.force_split:
+            raise UserError(f'{message}; drop the split flags to use the supernet\'s split, or pass --force_split')
+        notes.append(f'warning: {message} (--force_split)')
+
+
+def build_context(args, device, notes=None):
+    """Load checkpoints and data; everything that can fail on user input fails here. Lines worth logging
+    (which split is scored) are appended to `notes`."""
+    model, meta = load_supernet(args.model_path, args)
     init_model = None
     if args.metric in NEEDS_INIT:
         if not args.init_model_path:
@@ -151,8 +205,10 @@ def build_context(args, device):
         init_model, _ = load_supernet(args.init_model_path, args, inside='checkpoint_epoch_0.pth.tar')
         if init_model._C != model._C or init_model._layers != model._layers:
             raise UserError('--init_model_path and --model_path hold supernets of different shapes')
-    fill_inherited(args, trained_args)
-    data = load_search_data(args).resident(device)
+    fill_inherited(args, meta.get('args', {}))
+    data = load_search_data(args)
+    check_split(args, meta, data, notes if notes is not None else [])
+    data = data.resident(device)
     if data.num_classes != model._num_classes:
         raise UserError(f'{args.model_path} has {model._num_classes} classes but --dataset {args.dataset} has '
                         f'{data.num_classes}; pass the dataset the supernet was trained on')
@@ -167,7 +223,16 @@ def build_context(args, device):
                           max_train_img_size=args.max_train_img_size, max_val_img_size=args.max_val_img_size,
                           acc_train_img_size=args.acc_train_img_size, acc_val_img_size=args.acc_val_img_size,
                           wlm_weight=args.wlm_weight, acc_weight=args.acc_weight, bn_momentum=args.bn_momentum,
-                          perturb=args.perturb, memory_format=fmt, precision=args.score_precision)
+                          perturb=args.perturb, memory_format=fmt, precision=args.score_precision,
+                          bn_per_candidate=args.bn_images == 'per_candidate')
+
+
+def refuse_leftovers(save):
+    """A new search never overwrites the outputs of another one (kept without its checkpoint)."""
+    found = [name for name in SEARCH_OUTPUTS if (Path(save) / name).exists()]
+    if found:
+        raise UserError(f'{save} holds search outputs ({", ".join(found)}) but no search checkpoint to resume; pass '
+                        '--restart to discard them and start over, or choose another --save')
 
 
 # --- scoring given candidates -------------------------------------------------------------------------
@@ -201,20 +266,27 @@ def main(args):
     device = choose_device(args.device, dist.local_rank)
     seed_everything(args.seed)
     todo = read_candidates(args) if (args.candidates or args.arch) else None
-    ctx = build_context(args, device)
+    notes = []
+    ctx = build_context(args, device, notes)
     dist.init(device)
     evo = Evolution(args.max_epochs, args.population_num, args.select_num, args.mutation_num, args.crossover_num,
                     args.m_prob, seed=args.seed)
     ckpt_path = args.resume or os.path.join(args.save, CHECKPOINT)
     if args.resume and not os.path.isfile(args.resume) and not restarts_from_beginning(args.resume, CHECKPOINT):
         raise UserError(f'--resume {args.resume} does not exist; pass the {CHECKPOINT} of a search run directory')
+    if args.restart and args.resume:
+        raise UserError('--restart starts over and --resume continues: pass one of them')
     dist.from_main(lambda: lock_run_dir(args.save))      # rank 0 alone writes
-    resuming = todo is None and not args.refresh and dist.from_main(lambda: os.path.isfile(ckpt_path))
+    resuming = todo is None and not args.restart and dist.from_main(lambda: os.path.isfile(ckpt_path))
+    if todo is None and not resuming and not args.restart:
+        dist.from_main(lambda: refuse_leftovers(args.save))
     if resuming:      # rank 0 reads it; run_search hands the state to the other ranks
         state = dist.from_main(lambda: read_search(ckpt_path, args, SCORE_FLAGS))
         if dist.is_main:
             evo.load_state_dict(state)
     run = Run(args.save, args, is_main=dist.is_main)
+    for note in notes:
+        logger.info('%s', note)
     if todo is not None:
         logger.info('scoring %d given candidates with %s on %d process(es)', len(todo), args.metric, dist.world_size)
         results = score_given(ctx, args, run, todo, dist)
@@ -223,8 +295,16 @@ def main(args):
         return results
     if resuming and dist.is_main:
         run.metrics_file.write_text(''.join(json.dumps(s) + '\n' for s in evo.history))
-        logger.info('resumed from %s: generation %d, %d candidates scored', ckpt_path, evo.generation + 1,
-                    len(evo.scores))
+        logger.info('resumed from %s%s: generation %d, %d candidates scored; candidates not yet scored are scored '
+                    'now', ckpt_path, ' (-r/--refresh: resuming is the default here; --restart starts over)'
+                    if args.refresh else '', evo.generation + 1, len(evo.scores))
+    elif args.restart and dist.is_main:
+        discarded = [p.name for p in map(Path(args.save).joinpath, SEARCH_OUTPUTS) if p.exists()]
+        for name in discarded:
+            (Path(args.save) / name).unlink()
+        logger.info('--restart: starting a new search%s', f' (discarded {", ".join(discarded)})' if discarded else '')
+    elif args.refresh:
+        logger.info('-r/--refresh: no search checkpoint in %s, starting a new search', args.save)
     logger.info('search: metric %s, %d generations x %d candidates, supernet %s, %d process(es)', args.metric,
                 args.max_epochs, args.population_num, args.model_path, dist.world_size)
     result = run_search(ctx, args, run, evo, dist, SCORE_FLAGS)

@@ -31,11 +31,11 @@ import data  # noqa: E402
 import genotypes  # noqa: E402
 from retrain.model import NetworkCIFAR, NetworkImageNet  # noqa: E402
 from retrain.train_loop import CHECKPOINT, diverged_fix, evaluate, make_loaders, train_one_epoch  # noqa: E402
-from utils import (ArgumentParser, Dist, Run, UserError, check_new_run_dir, choose_device, count_macs,  # noqa: E402
-                   count_parameters, derive_seed, get_rng_state, load_checkpoint, load_state_checked, lock_run_dir,
-                   locks_released, logger, make_scaler, require, require_finite_loss, require_finite_weights,
-                   resolve_run_paths, restarts_from_beginning, run_cli, save_checkpoint, seed_everything,
-                   setup_logging, stop_requested)
+from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, check_new_run_dir, choose_device,  # noqa: E402
+                   count_macs, count_parameters, derive_seed, get_rng_state, load_checkpoint, load_state_checked,
+                   lock_run_dir, locks_released, logger, make_scaler, pop_noop_flags, require, require_finite_loss,
+                   require_finite_weights, resolve_run_paths, restarts_from_beginning, run_cli, save_checkpoint,
+                   seed_everything, setup_logging, stop_requested)
 
 BEST = 'model_best.pth.tar'
 DATASETS = ['imagenet'] + data.DATASETS
@@ -93,6 +93,10 @@ def get_args_parser():
                    help='cutout square side, 0: off (per dataset: 0 / half the image side, 16 on 32x32)')
     g.add_argument('--no_normalize', action='store_true',
                    help='ImageNet: feed raw [0, 1] pixels as the reference did (needed for its model zoo files)')
+    g.add_argument('--imagenet_pipeline', default='reference', choices=data.IMAGENET_PIPELINES,
+                   help='reference: square crops resized without anti-aliasing, quantized lighting, OpenCV-style '
+                        'eval resize (the pixels the reference and its model zoo saw); torchvision: '
+                        'RandomResizedCrop and anti-aliased Resize')
     g.add_argument('--train_subset', type=int, default=0,
                    help='train on a seeded subset of N images (0: all; not ImageNet)')
     g.add_argument('--test_subset', type=int, default=0, help='test on the first N test images (0: all; not ImageNet)')
@@ -103,11 +107,13 @@ def get_args_parser():
     g.add_argument('--evaluate', default=None, metavar='CKPT', help='only validate this checkpoint')
     g.add_argument('--stop_after', type=int, default=0,
                    help='stop after N epochs of this invocation (resumable; 0: off)')
+    add_noop_flags(p, {'note': str})           # the reference's free-text run note
     return p
 
 
 def parse_args(argv=None):
     args = get_args_parser().parse_args(argv)
+    pop_noop_flags(args)
     if args.dataset == 'imagenet' and args.init_channels is None:
         args.init_channels = ZOO_CHANNELS.get(args.arch.upper())
     if args.dataset != 'imagenet':
@@ -192,8 +198,15 @@ def run_evaluate(args, model, loaders, device, dist):
     return result
 
 
+def finished_epochs(ckpt):
+    """Epochs a retrain checkpoint has finished. Ours store that number with the run's args; the reference's
+    (keys epoch, state_dict, best_acc_top1, optimizer only) store the 0-based index of the last finished one."""
+    return ckpt['epoch'] if 'args' in ckpt or 'scheduler' in ckpt else ckpt['epoch'] + 1
+
+
 def resume_state(args, model, optimizer, scheduler, scaler):
-    """Restore what a checkpoint holds; the reference's hold weights, optimizer and epoch only."""
+    """Restore what a checkpoint holds; the reference's hold weights, optimizer and epoch only. Returns
+    (epochs finished, best top-1)."""
     ckpt = load_checkpoint(args.resume)
     if not isinstance(ckpt, dict) or 'state_dict' not in ckpt or 'epoch' not in ckpt:
         raise UserError(f'{args.resume} is not a retrain checkpoint (needs state_dict and epoch)')
@@ -205,12 +218,13 @@ def resume_state(args, model, optimizer, scheduler, scaler):
     load_state_checked(model, ckpt['state_dict'], args.resume)
     if 'optimizer' in ckpt:
         optimizer.load_state_dict(ckpt['optimizer'])
-    scheduler.last_epoch = ckpt['epoch'] - 1
-    scheduler.step()                               # sets the learning rate of epoch ckpt['epoch']
+    done = finished_epochs(ckpt)
+    scheduler.last_epoch = done - 1
+    scheduler.step()                               # sets the learning rate of epoch `done` (0-based)
     if ckpt.get('scaler') and scaler.is_enabled():
         scaler.load_state_dict(ckpt['scaler'])
     best = ckpt.get('best_acc_top1', 0.0)
-    return ckpt['epoch'], float(best.item() if torch.is_tensor(best) else best)
+    return done, float(best.item() if torch.is_tensor(best) else best)
 
 
 @locks_released

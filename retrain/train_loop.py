@@ -21,7 +21,8 @@ def make_loaders(args, device, dist):
     per_proc = args.batch_size // dist.world_size
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     if args.dataset == 'imagenet':
-        train_set, val_set = imagenet_folders(args.data, normalize=not args.no_normalize)
+        train_set, val_set = imagenet_folders(args.data, normalize=not args.no_normalize,
+                                              pipeline=getattr(args, 'imagenet_pipeline', 'reference'))
         sampler = torch.utils.data.distributed.DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True,
                                                                   seed=args.seed)
         kw = dict(num_workers=args.workers, pin_memory=device.type == 'cuda', persistent_workers=False)

@@ -26,13 +26,13 @@ import torch.nn as nn  # noqa: E402
 
 import genotypes  # noqa: E402
 from genotypes import EDGES_PER_CELL  # noqa: E402
-from data import BatchLoader, add_data_args, load_search_data, write_split_file  # noqa: E402
+from data import BatchLoader, add_data_args, inherit_split, load_search_data, write_split_file  # noqa: E402
 from train_supernet.super_model import Network, evaluate_candidate  # noqa: E402
-from utils import (ArgumentParser, Dist, HeapTrimmer, Run, UserError, amp_dtype, backward_and_step,  # noqa: E402
-                   check_new_run_dir, choose_device, derive_seed, get_rng_state, load_checkpoint, load_state_checked,
-                   lock_run_dir, locks_released, logger, make_scaler, progress, require, require_finite_loss,
-                   require_finite_weights, restarts_from_beginning, resolve_run_paths, resume_hint, run_cli,
-                   save_checkpoint, seed_everything, set_rng_state, stop_requested)
+from utils import (ArgumentParser, Dist, HeapTrimmer, Run, UserError, add_noop_flags, amp_dtype,  # noqa: E402
+                   backward_and_step, check_new_run_dir, choose_device, derive_seed, get_rng_state, load_checkpoint,
+                   load_state_checked, lock_run_dir, locks_released, logger, make_scaler, pop_noop_flags, progress,
+                   require, require_finite_loss, require_finite_weights, restarts_from_beginning, resolve_run_paths,
+                   resume_hint, run_cli, save_checkpoint, seed_everything, set_rng_state, stop_requested)
 
 LAST, INITIAL = 'last.pth.tar', 'checkpoint_epoch_0.pth.tar'
 
@@ -89,11 +89,18 @@ def get_args_parser():
     g.add_argument('--allow_world_size_change', action='store_true',
                    help='resume with another number of processes than the run was trained with (changes the global '
                         'batch, so the run differs from an uninterrupted one); refused without this flag')
+    add_noop_flags(p, NOOP_FLAGS)
     return p
+
+
+# The reference's stage-1 flags that do nothing (DARTS leftovers, or a device chosen otherwise here).
+NOOP_FLAGS = {'gpu': int, 'cutout': None, 'cutout_length': int, 'drop_path_prob': float, 'model_path': str,
+              'unrolled': None, 'arch_learning_rate': float, 'arch_weight_decay': float}
 
 
 def parse_args(argv=None):
     args = get_args_parser().parse_args(argv)
+    pop_noop_flags(args)
     require([(args.epochs >= 1, '--epochs must be >= 1'), (args.batch_size >= 2, '--batch_size must be >= 2'),
              (args.learning_rate > 0, '--learning_rate must be > 0'), (args.layers >= 3, '--layers must be >= 3'),
              (args.init_channels >= 1, '--init_channels must be >= 1'),
@@ -186,7 +193,7 @@ def _check_world_size(args, saved, world_size):
                    'uninterrupted one', change)
 
 
-def _resume_state(args, model, optimizer, scheduler, scaler, world_size):
+def _resume_state(args, model, optimizer, scheduler, scaler, world_size, data_digest):
     """Load last.pth.tar into model/optimizer/scheduler; returns (epoch, path_rng state, rng state)."""
     ckpt = load_checkpoint(args.resume)
     if not isinstance(ckpt, dict) or 'scheduler' not in ckpt or 'path_rng' not in ckpt:
@@ -205,6 +212,9 @@ def _resume_state(args, model, optimizer, scheduler, scaler, world_size):
     for name in ckpt.get('grad_mask', []):
         params[name].grad = torch.zeros_like(params[name])
     old = ckpt.get('args', {})
+    if ckpt.get('split_digest', data_digest) != data_digest:
+        raise UserError(f'{args.resume} was trained on {ckpt.get("split")}, not on the split these flags give; resume '
+                        'without split flags (the run\'s own split is used) or with those of the first run')
     changed = [k for k in ('dataset', 'batch_size', 'learning_rate', 'seed', 'epochs', 'zero_grad', 'split_seed')
                if k in old and old[k] != getattr(args, k)]
     if changed:
@@ -213,7 +223,16 @@ def _resume_state(args, model, optimizer, scheduler, scaler, world_size):
     return ckpt['epoch'], ckpt['path_rng'], ckpt['rng']
 
 
-def _start(args, model, optimizer, scheduler, scaler, path_rng, dist):
+def _checkpoint_args(path):
+    """The args of the stage-1 run that --resume names: from its last.pth.tar, or from its initial checkpoint when
+    the run stopped before writing one ({} when neither is there)."""
+    initial = os.path.join(os.path.dirname(path), INITIAL)
+    found = path if os.path.isfile(path) else initial if os.path.isfile(initial) else None
+    ckpt = load_checkpoint(found) if found else {}
+    return ckpt.get('args', {}) if isinstance(ckpt, dict) else {}
+
+
+def _start(args, model, optimizer, scheduler, scaler, path_rng, dist, data_digest):
     """Lock the run directory; resume state or fresh start; returns the first epoch. Refuses to overwrite an
     existing run. --resume of a run that stopped in its first epoch (no last.pth.tar) starts it over from its
     initial weights (checkpoint_epoch_0.pth.tar), which gives the uninterrupted run exactly."""
@@ -223,7 +242,8 @@ def _start(args, model, optimizer, scheduler, scaler, path_rng, dist):
         if os.path.isfile(initial):
             load_state_checked(model, load_checkpoint(initial)['state_dict'], initial)
     elif args.resume:
-        start_epoch, path_state, rng_state = _resume_state(args, model, optimizer, scheduler, scaler, dist.world_size)
+        start_epoch, path_state, rng_state = _resume_state(args, model, optimizer, scheduler, scaler, dist.world_size,
+                                                           data_digest)
         path_rng.setstate((path_state[0], tuple(path_state[1]), path_state[2]))
         set_rng_state(rng_state)
         if start_epoch >= args.epochs:
@@ -250,6 +270,8 @@ def main(args):
     dist = Dist()
     device = choose_device(args.device, dist.local_rank)
     seed_everything(args.seed + dist.rank)        # weights: DDP copies rank 0's to every rank
+    if args.resume:                                   # the split the run started with, unless flags say otherwise
+        inherit_split(args, _checkpoint_args(args.resume))
     data = load_search_data(args).resident(device)    # raises before anything is written
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = Network(args.init_channels, data.num_classes, args.layers).to(device).to(memory_format=memory_format)
@@ -259,14 +281,14 @@ def main(args):
     scaler = make_scaler(device, args.amp)
     path_rng = random.Random(args.seed)           # the same on every rank: one path per step
     dist.init(device)
-    start_epoch = _start(args, model, optimizer, scheduler, scaler, path_rng, dist)
+    start_epoch = _start(args, model, optimizer, scheduler, scaler, path_rng, dist, data.split_digest)
 
     run = Run(args.save, args, is_main=dist.is_main)
-    meta = {**model_meta(args, data.num_classes), 'world_size': dist.world_size}
-    logger.info('supernet C=%d layers=%d classes=%d: %d parameters; train %d / valid %d images; %d process(es) on '
-                '%s, batch %d per process, global batch %d', args.init_channels, args.layers, data.num_classes,
+    meta = {**model_meta(args, data.num_classes), 'world_size': dist.world_size, **data.split_record()}
+    logger.info('supernet C=%d layers=%d classes=%d: %d parameters; train %d / valid %d images of %s; %d process(es) '
+                'on %s, batch %d per process, global batch %d', args.init_channels, args.layers, data.num_classes,
                 sum(p.numel() for p in model.parameters()), len(data.train_idx), len(data.valid_idx),
-                dist.world_size, device, args.batch_size, args.batch_size * dist.world_size)
+                data.split.describe(), dist.world_size, device, args.batch_size, args.batch_size * dist.world_size)
     if dist.is_main and args.resume:
         run.truncate_metrics('epoch', start_epoch)      # lines written after the checkpoint (a crash in between)
         logger.info('resumed from %s after epoch %d', args.resume, start_epoch)
