@@ -40,7 +40,12 @@ class NB201Space(SearchSpace):
                 return nb201.check_candidate(doc['candidate'])
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise GenotypeError(f'--arch {arch}: not the genotype.json of an NB201 search ({e})')
-        return nb201.parse(arch)
+        try:
+            return nb201.parse(arch)
+        except GenotypeError as e:
+            raise GenotypeError(f'--arch {arch} is not an NB201 cell: pass an arch string such as '
+                                f'{nb201.to_arch_string([3] * nb201.NUM_EDGES)!r}, 6 op codes, or the genotype.json '
+                                f'of an NB201 search ({e})')
 
     def decode(self, candidate):
         return nb201.to_arch_string(candidate)
