@@ -11,7 +11,7 @@ from evolutionary_search import metrics as M
 from spaces import get_space, nb201
 from spaces.nb201_model import NB201Network, NB201Supernet, angle_vector, cell_paths, standalone_from_supernet
 
-FAKE = Path(__file__).resolve().parent / 'data' / 'nats-tss-fake' / 'NATS-tss-v1_0-3ffb9-simple'
+FAKE = Path(__file__).resolve().parent / 'fixtures' / 'nats-tss-fake' / 'NATS-tss-v1_0-3ffb9-simple'
 # The three cells whose records the NATS-Bench test folder holds.
 CELL_11 = '|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~0|nor_conv_3x3~1|avg_pool_3x3~2|'
 

@@ -1,5 +1,5 @@
 """Ground truth from NAS-Bench-201, read with the real nats_bench package from the NATS-Bench project's
-own test folder (tests/data/nats-tss-fake, MIT licence): records of cells 0, 11 and 284."""
+own test folder (tests/fixtures/nats-tss-fake, MIT licence): records of cells 0, 11 and 284."""
 from pathlib import Path
 
 import pytest
@@ -10,7 +10,7 @@ from utils import UserError
 pytest.importorskip('nats_bench')
 from spaces.nb201_bench import Benchmark, ground_truth  # noqa: E402
 
-FAKE = str(Path(__file__).resolve().parent / 'data' / 'nats-tss-fake' / 'NATS-tss-v1_0-3ffb9-simple')
+FAKE = str(Path(__file__).resolve().parent / 'fixtures' / 'nats-tss-fake' / 'NATS-tss-v1_0-3ffb9-simple')
 CELL_11 = '|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~0|nor_conv_3x3~1|avg_pool_3x3~2|'
 
 
