@@ -132,3 +132,10 @@ class BenchmarkIndex:
         if not 0 <= int(index) < NUM_CELLS:
             raise NB201Error(f'benchmark index {index} out of range 0..{NUM_CELLS - 1}')
         return list(self._cands[int(index)])
+
+
+def sample_candidates(n, seed):
+    """n distinct cells drawn uniformly without replacement (all 15,625 when n >= 15,625), seeded."""
+    import random
+    cells = all_candidates()
+    return cells if n >= NUM_CELLS else random.Random(seed).sample(cells, n)

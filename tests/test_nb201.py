@@ -189,3 +189,9 @@ def test_evolution_searches_the_nb201_space_without_repeats():
         evo.finish_generation()
     assert len(evo.scores) == 48                                  # 4 x 12, none twice
     assert evo.history[-1]['best_score'] >= evo.history[0]['best_score']
+
+
+def test_seeded_sample_of_cells():
+    a, b = nb201.sample_candidates(100, seed=4), nb201.sample_candidates(100, seed=4)
+    assert a == b and len({tuple(c) for c in a}) == 100 and a != nb201.sample_candidates(100, seed=5)
+    assert len(nb201.sample_candidates(20000, seed=0)) == 15625

@@ -84,3 +84,16 @@ def test_space_mismatches_are_one_clear_error(supernet, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and 'is a nb201 supernet; resume it with --space nb201' in err
     assert snapshot_dir(supernet) == before
+
+
+def test_fashion_mnist_nb201_supernet_learns_and_the_search_runs(readme_runs):
+    """The README's offline NB201 commands (C=8, N=1, 2 epochs of 20,000 images, then a small search);
+    a slow test: it shares the README fixture with the other offline commands."""
+    from utils import read_metrics
+    sandbox, _ = readme_runs
+    recs = read_metrics(sandbox / 'runs' / 'nb201-fmnist' / 'metrics.jsonl')
+    assert [r['epoch'] for r in recs] == [1, 2]
+    assert recs[-1]['valid_acc'] > 0.5, recs                # random paths, 10 classes
+    doc = json.loads((sandbox / 'runs' / 'nb201-search-fmnist' / 'genotype.json').read_text())
+    assert doc['space'] == 'nb201' and doc['arch'] == nb201.to_arch_string(doc['candidate'])
+    assert {'angle', 'wlm'} <= set(doc['components'])
