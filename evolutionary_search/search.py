@@ -8,6 +8,8 @@
         --wlm_weight 0 --acc_weight 0 --save ../runs/search-wlm                # GeNAS flatness search
     python3 search.py ... --resume ../runs/search-wlm                            # after a crash
     python3 search.py ... --arch GENAS_FLATNESS_CIFAR100 --arch DARTS_V2         # score given cells only
+    python3 search.py --model_path ../runs/nb201-c10/checkpoint_epoch_250.pth.tar ...  # NB201: the space comes
+                                                                                 # from the checkpoint
 
 Writes to --save: search_checkpoint.json (after every scored candidate), generations.jsonl (one line
 per generation), genotype.json (the best cell, for `retrain.py --arch`), log.txt, args.json, tb/.
