@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhe
 import torch  # noqa: E402
 
 from data import add_data_args, load_search_data  # noqa: E402
+from genotypes import GenotypeError  # noqa: E402
 from evolutionary_search.evolution import Evolution, cand_key  # noqa: E402
 from evolutionary_search.metrics import METRICS, NEEDS_INIT, PRECISIONS, ScoringContext  # noqa: E402
 from evolutionary_search.runner import CHECKPOINT, read_search, run_search, score_given  # noqa: E402
 from spaces import SPACE_NAMES, get_space  # noqa: E402
-from genotypes import GenotypeError  # noqa: E402
 from utils import (ArgumentParser, Dist, Run, UserError, choose_device, load_checkpoint, load_state_checked,  # noqa: E402
                    logger, parse_stds, require, resolve_run_paths, run_cli, seed_everything)
 
