@@ -80,7 +80,8 @@ def test_space_mismatches_are_one_clear_error(supernet, tmp_path, capsys):
     code = cli_exit_code(search, ckpts(supernet) + ['--arch', 'DARTS_V2', '--save', tmp_path / 's2'])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: --arch DARTS_V2 is not an NB201 cell")
-    code = cli_exit_code(train, TINY_SUPERNET[2:] + ['--layers', 3, '--epochs', 2, '--resume', supernet / 'last.pth.tar'])
+    darts_flags = TINY_SUPERNET[2:] + ['--layers', 3, '--epochs', 2]
+    code = cli_exit_code(train, darts_flags + ['--resume', supernet / 'last.pth.tar'])
     err = capsys.readouterr().err
     assert code == 2 and 'is a nb201 supernet; resume it with --space nb201' in err
     assert snapshot_dir(supernet) == before
