@@ -248,8 +248,8 @@ def main(args):
     run = Run(args.save, args, is_main=dist.is_main)
     meta = model_meta(args, data.num_classes)
     logger.info('%s supernet C=%d layers=%d classes=%d: %d parameters; train %d / valid %d images; %d process(es) on '
-                '%s, batch %d per process, global batch %d', args.space, args.init_channels, args.layers, data.num_classes,
-                sum(p.numel() for p in model.parameters()), len(data.train_idx), len(data.valid_idx),
+                '%s, batch %d per process, global batch %d', args.space, args.init_channels, args.layers,
+                data.num_classes, sum(p.numel() for p in model.parameters()), len(data.train_idx), len(data.valid_idx),
                 dist.world_size, device, args.batch_size, args.batch_size * dist.world_size)
     if dist.is_main and args.resume:
         run.truncate_metrics('epoch', start_epoch)
