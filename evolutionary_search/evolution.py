@@ -1,9 +1,10 @@
-"""SPOS-style evolutionary search over 28-int candidates (SPEC section 4).
+"""SPOS-style evolutionary search over the candidates of a search space (SPEC section 4).
 
 Generation g: score every candidate of the population; merge it into the elitist top lists (the
 select_num parents, and the best `keep` for the report); then propose generation g + 1: mutations of
-random parents (each of the 28 edges re-drawn with probability m_prob, then repaired), crossovers of
-two random parents (each edge from either, then repaired), and random candidates for the rest.
+random parents (each edge re-drawn with probability m_prob, then repaired: all 28 in DARTS, all 6 in
+NB201), crossovers of two random parents (each edge from either, then repaired), and random candidates
+for the rest. The space (spaces.get_space) supplies sampling, mutation and crossover.
 A candidate is never proposed, and so never scored, twice.
 
 Proposing uses only `self.rng`; scoring uses none of it, so the whole state (JSON-serializable) can be
@@ -11,7 +12,7 @@ saved after every scored candidate and a resumed search continues exactly.
 """
 import random
 
-from genotypes import PRIMITIVES, random_candidate, repair
+from spaces import get_space
 
 
 def cand_key(candidate):
@@ -24,7 +25,8 @@ def key_cand(key):
 
 class Evolution:
     def __init__(self, max_epochs=20, population_num=50, select_num=10, mutation_num=25, crossover_num=25,
-                 m_prob=0.1, seed=0, keep=50):
+                 m_prob=0.1, seed=0, keep=50, space=None):
+        self.space = space or get_space('darts')
         self.max_epochs, self.population_num, self.select_num = max_epochs, population_num, select_num
         self.mutation_num, self.crossover_num, self.m_prob, self.keep = mutation_num, crossover_num, m_prob, keep
         self.rng = random.Random(seed)
@@ -64,25 +66,21 @@ class Evolution:
 
     def _fill_random(self, into):
         while len(into) < self.population_num:
-            self._add_if_new(random_candidate(self.rng), into)
+            self._add_if_new(self.space.random_candidate(self.rng), into)
 
     def _mutations(self, into):
         made, tries = 0, self.mutation_num * 10
         while made < self.mutation_num and tries > 0:
             tries -= 1
-            cand = key_cand(self.rng.choice(self.top_k))
-            for i in range(len(cand)):          # all 28 edges (the reference only mutates the first 14)
-                if self.rng.random() < self.m_prob:
-                    cand[i] = self.rng.randint(0, len(PRIMITIVES) - 1)
-            made += self._add_if_new(repair(cand, self.rng), into)
+            cand = self.space.mutate(key_cand(self.rng.choice(self.top_k)), self.rng, self.m_prob)
+            made += self._add_if_new(cand, into)
 
     def _crossovers(self, into):
         made, tries = 0, self.crossover_num * 10
         while made < self.crossover_num and tries > 0:
             tries -= 1
             p1, p2 = key_cand(self.rng.choice(self.top_k)), key_cand(self.rng.choice(self.top_k))
-            cand = [self.rng.choice([a, b]) for a, b in zip(p1, p2)]
-            made += self._add_if_new(repair(cand, self.rng), into)
+            made += self._add_if_new(self.space.crossover(p1, p2, self.rng), into)
 
     def start(self):
         """Propose the first (random) population, unless a loaded state already has one."""

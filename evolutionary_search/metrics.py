@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from data import BatchLoader
-from genotypes import EDGES_PER_CELL, NODE_SLICES, PRIMITIVES
-from operations import FactorizedReduce
+from spaces import get_space
+from spaces.darts import angle_vector, cell_paths, op_weights  # noqa: F401 (the DARTS layout, named here before)
 from train_supernet.super_model import evaluate_candidate
 from utils import UserError, derive_seed
 
@@ -48,6 +48,7 @@ class ScoringContext:
     memory_format: torch.memory_format = torch.contiguous_format
     precision: str = 'fp32'           # numerics of scoring forwards, see `precision`
     bn_per_candidate: bool = False    # BN recalibration images drawn per candidate (the reference draws fresh ones)
+    space: object = None              # spaces.SearchSpace of the supernets; None: DARTS
 
 
 PRECISIONS = ('fp32', 'tf32', 'bf16', 'fp16')
@@ -70,71 +71,11 @@ def precision(ctx):
 
 # --- angle ---------------------------------------------------------------------------------------
 
-def cell_paths():
-    """Every directed path from an input node (0, 1) to an intermediate node (2..5) of a cell, as
-    lists of edge indices from the input onwards; 30 paths, ordered by end node, then by the
-    predecessor on the last edge, then recursively."""
-    ending = {}
-    for node, (start, _) in enumerate(NODE_SLICES):
-        target = node + 2
-        paths = []
-        for pred in range(target):
-            edge = start + pred
-            paths += [[edge]] if pred < 2 else [p + [edge] for p in ending[pred]]
-        ending[target] = paths
-    return [p for t in sorted(ending) for p in ending[t]]
-
-
-def op_weights(mixed_op, code):
-    """The tensors one op contributes to the angle vector (SPEC section 4)."""
-    op = mixed_op._ops[code]
-    name = PRIMITIVES[code]
-    if 'pool' in name:                       # Sequential(pool, BN): constant 1/9 kernel + BN affine
-        bn = op[1]
-        return [torch.full((bn.num_features, 3, 3), 1 / 9, device=bn.weight.device), bn.weight, bn.bias]
-    if name == 'skip_connect':
-        if isinstance(op, FactorizedReduce):
-            return [op.conv_1.weight, op.conv_2.weight, op.bn.weight, op.bn.bias]
-        device = next(mixed_op.parameters()).device
-        return [torch.eye(mixed_op.channels, device=device).flatten()]
-    seq = op.op
-    if name.startswith('sep_conv'):           # four convs, then both BNs' weight and bias
-        return [seq[1].weight, seq[2].weight, seq[5].weight, seq[6].weight,
-                seq[3].weight, seq[3].bias, seq[7].weight, seq[7].bias]
-    if name.startswith('dil_conv'):           # two convs, then the BN's weight and bias (the
-        return [seq[1].weight, seq[2].weight, seq[3].weight, seq[3].bias]   # reference takes weight twice)
-    raise ValueError(f'no angle weights for {name}')
-
-
-def _preprocess_weights(pre):
-    if isinstance(pre, FactorizedReduce):
-        return [pre.conv_1.weight, pre.conv_2.weight, pre.bn.weight, pre.bn.bias]
-    return [pre.op[1].weight, pre.op[2].weight, pre.op[2].bias]
-
-
-def angle_vector(model, candidate):
-    """One float64 vector: for every cell, every path without a `none` edge contributes the weights of
-    its ops in path order; then the stem conv + BN weight/bias, each cell's preprocessing (conv + BN
-    weight/bias, or factorized reduce), and the classifier weight."""
-    parts = []
-    paths = cell_paths()
-    for cell in model.cells:
-        codes = candidate[EDGES_PER_CELL:] if cell.reduction else candidate[:EDGES_PER_CELL]
-        for path in paths:
-            if any(codes[e] == 0 for e in path):
-                continue
-            for e in path:
-                parts += op_weights(cell._ops[e], codes[e])
-    parts += [model.stem[0].weight, model.stem[1].weight, model.stem[1].bias]
-    for cell in model.cells:
-        parts += _preprocess_weights(cell.preprocess0) + _preprocess_weights(cell.preprocess1)
-    parts.append(model.classifier.weight)
-    return torch.cat([p.detach().reshape(-1).double() for p in parts])
-
-
-def angle(init_model, model, candidate):
-    """Angle in radians (0..pi) between the candidate's initial and trained weight vectors."""
-    a, b = angle_vector(init_model, candidate), angle_vector(model, candidate)
+def angle(init_model, model, candidate, space=None):
+    """Angle in radians (0..pi) between the candidate's initial and trained weight vectors; the vector
+    layout is the search space's (DARTS by default)."""
+    vector = (space or get_space()).angle_vector
+    a, b = vector(init_model, candidate), vector(model, candidate)
     cos = torch.dot(a, b) / (a.norm() * b.norm())
     return float(torch.arccos(cos.clamp(-1.0, 1.0)))
 
@@ -213,7 +154,7 @@ def _angle_components(ctx, candidate):
     if ctx.init_model is None:
         raise UserError('the angle metrics need the initial supernet: pass --init_model_path '
                         'checkpoint_epoch_0.pth.tar')
-    a = angle(ctx.init_model, ctx.model, candidate)
+    a = angle(ctx.init_model, ctx.model, candidate, ctx.space)
     return {'angle': a, 'angle_normalized': a / math.pi}
 
 

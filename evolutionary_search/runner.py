@@ -9,7 +9,6 @@ import json
 import os
 from pathlib import Path
 
-import genotypes
 from evolutionary_search.evolution import cand_key
 from evolutionary_search.metrics import METRICS
 from utils import UserError, append_line, atomic_write_text, logger, progress, write_guard
@@ -91,23 +90,22 @@ def log_generation(run, summary, metric):
 
 
 def write_genotype(run, evo, args):
+    """genotype.json of the best candidate, in the search space's format (DARTS: a Genotype for stage 3)."""
     top = evo.best(10)
     best, info = top[0]
-    geno = genotypes.decode(best)
     path = run.path / 'genotype.json'
-    with write_guard(path, f'{path}.tmp'):          # save_genotype writes <path>.tmp, then replaces
-        genotypes.save_genotype(
-            path, geno, name=f'searched_{args.metric}', metric=args.metric, score=info['score'],
-            components=info, top10=[{'candidate': c, 'genotype': genotypes.genotype_to_dict(genotypes.decode(c)),
-                                     **i} for c, i in top],
+    with write_guard(path, f'{path}.tmp'):          # save_result writes <path>.tmp, then replaces
+        evo.space.save_result(
+            path, best, name=f'searched_{args.metric}', metric=args.metric, score=info['score'],
+            components=info, top10=[{'candidate': c, **evo.space.describe(c), **i} for c, i in top],
             checkpoints={'model_path': os.path.abspath(args.model_path),
                          'init_model_path': os.path.abspath(args.init_model_path) if args.init_model_path else None},
             args=dict(vars(args)))
-    return path, geno, info
+    return path, best, info
 
 
 def run_search(ctx, args, run, evo, dist, flags):
-    """The evolution until done (or --stop_after candidates); returns (genotype.json path, Genotype, info)
+    """The evolution until done (or --stop_after candidates); returns (genotype.json path, best candidate, info)
     on rank 0 at the end, else None."""
     scorer = METRICS[args.metric]
     evo.load_state_dict(dist.from_main(lambda: (evo.start(), evo.state_dict())[1]))

@@ -8,6 +8,8 @@
         --wlm_weight 0 --acc_weight 0 --save ../runs/search-wlm                # GeNAS flatness search
     python3 search.py ... --resume ../runs/search-wlm                            # after a crash
     python3 search.py ... --arch GENAS_FLATNESS_CIFAR100 --arch DARTS_V2         # score given cells only
+    python3 search.py --model_path ../runs/nb201-c10/checkpoint_epoch_250.pth.tar ...  # NB201: the space comes
+                                                                                 # from the checkpoint
 
 Writes to --save: search_checkpoint.json (after every scored candidate), generations.jsonl (one line
 per generation), genotype.json (the best cell, for `retrain.py --arch`), log.txt, args.json, tb/.
@@ -24,10 +26,11 @@ import torch  # noqa: E402
 
 import genotypes  # noqa: E402
 from data import add_data_args, inherit_split, load_search_data, resolve_split, split_digest  # noqa: E402
+from genotypes import GenotypeError  # noqa: E402
 from evolutionary_search.evolution import Evolution, cand_key  # noqa: E402
 from evolutionary_search.metrics import METRICS, NEEDS_INIT, PRECISIONS, ScoringContext  # noqa: E402
 from evolutionary_search.runner import CHECKPOINT, read_search, run_search, score_given  # noqa: E402
-from train_supernet.super_model import Network  # noqa: E402
+from spaces import SPACE_NAMES, get_space  # noqa: E402
 from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, choose_device, load_checkpoint,  # noqa: E402
                    load_state_checked, lock_run_dir, locks_released, logger, parse_stds, pop_noop_flags, require,
                    resolve_run_paths, restarts_from_beginning, run_cli, seed_everything)
@@ -75,6 +78,9 @@ def get_args_parser():
     g.add_argument('--m_prob', type=float, default=0.1, help='per-edge mutation probability')
     g = p.add_argument_group('additions')
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='where to score')
+    g.add_argument('--space', default=None, choices=SPACE_NAMES,
+                   help='search space of the supernet; None: the one its checkpoint records (darts for '
+                        'reference checkpoints)')
     g.add_argument('--init_channels', type=int, default=None,
                    help='supernet C; read from stage-1 checkpoints, needed for reference ones (16)')
     g.add_argument('--layers', type=int, default=None,
@@ -98,9 +104,11 @@ def get_args_parser():
     g.add_argument('--acc_train_img_size', type=int, default=15000, help='BN images of the acc term of acc+wlm')
     g.add_argument('--acc_val_img_size', type=int, default=25000, help='validation images of the acc term of acc+wlm')
     g.add_argument('--candidates', default=None,
-                   help='file of 28-int candidates (one per line) to score instead of searching')
+                   help='file of candidates (one per line: 28 ints for darts; an arch string or 6 ints for '
+                        'nb201) to score instead of searching')
     g.add_argument('--arch', action='append', default=None,
-                   help='named genotype or genotype .json to score instead of searching (repeatable)')
+                   help='cell to score instead of searching (repeatable): darts: named genotype or genotype '
+                        '.json; nb201: arch string or the genotype.json of an nb201 search')
     g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels-last memory format (faster on CPU)')
     g.add_argument('--score_precision', default='fp32', choices=PRECISIONS,
@@ -131,22 +139,32 @@ def parse_args(argv=None):
     return resolve_run_paths(args, CHECKPOINT, f'search-{args.metric}')
 
 
+def checkpoint_space(ckpt, args, path):
+    """The space a checkpoint records (reference checkpoints record none: DARTS), checked against --space."""
+    saved = ckpt.get('space') or ckpt.get('args', {}).get('space')
+    if saved and args.space and saved != args.space:
+        raise UserError(f'{path} holds a {saved} supernet, not {args.space}; drop --space or pass a {args.space} '
+                        'checkpoint')
+    return get_space(saved or args.space or 'darts')
+
+
 def load_supernet(path, args, inside='checkpoint_epoch_*.pth.tar'):
-    """A supernet from a stage-1 or reference checkpoint; returns (model, the checkpoint dict without weights).
-    `inside`: the file expected when `path` is a stage-1 run directory."""
+    """A supernet from a stage-1 or reference checkpoint; returns (model, the checkpoint dict without weights,
+    space). `inside`: the file expected when `path` is a stage-1 run directory."""
     ckpt = load_checkpoint(path, inside=inside)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not any(k.endswith('classifier.weight') for k in state):
         raise UserError(f'{path} is not a supernet checkpoint (no state_dict with classifier weights)')
+    space = checkpoint_space(ckpt, args, path)
     C = args.init_channels or ckpt.get('init_channels')
     layers = args.layers or ckpt.get('layers')
     if C is None or layers is None:
         raise UserError(f'{path} does not record the supernet shape (a reference checkpoint?); '
                         'pass --init_channels 16 --layers 8 (the reference\'s) or the values it was trained with')
     num_classes = next(v for k, v in state.items() if k.endswith('classifier.weight')).shape[0]
-    model = Network(C, num_classes, layers)
+    model = space.build_supernet(C, num_classes, layers)
     load_state_checked(model, state, path)
-    return model, {k: v for k, v in ckpt.items() if k not in ('state_dict', 'optimizer')}
+    return model, {k: v for k, v in ckpt.items() if k not in ('state_dict', 'optimizer')}, space
 
 
 def fill_inherited(args, trained_args):
@@ -196,13 +214,14 @@ def check_split(args, meta, data, notes):
 def build_context(args, device, notes=None):
     """Load checkpoints and data; everything that can fail on user input fails here. Lines worth logging
     (which split is scored) are appended to `notes`."""
-    model, meta = load_supernet(args.model_path, args)
+    model, meta, space = load_supernet(args.model_path, args)
+    args.space = space.name
     init_model = None
     if args.metric in NEEDS_INIT:
         if not args.init_model_path:
             raise UserError(f'--metric {args.metric} needs --init_model_path '
                             '(the checkpoint_epoch_0.pth.tar of stage 1)')
-        init_model, _ = load_supernet(args.init_model_path, args, inside='checkpoint_epoch_0.pth.tar')
+        init_model, _, _ = load_supernet(args.init_model_path, args, inside='checkpoint_epoch_0.pth.tar')
         if init_model._C != model._C or init_model._layers != model._layers:
             raise UserError('--init_model_path and --model_path hold supernets of different shapes')
     fill_inherited(args, meta.get('args', {}))
@@ -223,7 +242,7 @@ def build_context(args, device, notes=None):
                           max_train_img_size=args.max_train_img_size, max_val_img_size=args.max_val_img_size,
                           acc_train_img_size=args.acc_train_img_size, acc_val_img_size=args.acc_val_img_size,
                           wlm_weight=args.wlm_weight, acc_weight=args.acc_weight, bn_momentum=args.bn_momentum,
-                          perturb=args.perturb, memory_format=fmt, precision=args.score_precision,
+                          perturb=args.perturb, memory_format=fmt, precision=args.score_precision, space=space,
                           bn_per_candidate=args.bn_images == 'per_candidate')
 
 
@@ -237,26 +256,23 @@ def refuse_leftovers(save):
 
 # --- scoring given candidates -------------------------------------------------------------------------
 
-def read_candidates(args):
-    """(name, 28 ints) for --candidates lines and --arch values."""
+def read_candidates(args, space):
+    """(name, candidate) for --candidates lines and --arch values, in the supernet's space."""
     out = []
     if args.candidates:
         lines = genotypes.read_text_file(args.candidates, '--candidates', 'a text file of candidates',
-                                         'pass a text file with one 28-int candidate per line').splitlines()
+                                         'pass a text file with one candidate per line').splitlines()
         for n, line in enumerate(lines, 1):
             if line.strip() and not line.lstrip().startswith('#'):
                 try:
-                    out.append((f'line {n}', genotypes.parse_candidate(line)))
-                except genotypes.GenotypeError as e:
+                    out.append((f'line {n}', space.parse(line)))
+                except GenotypeError as e:
                     raise UserError(f'--candidates {args.candidates} line {n}: {e}')
         if not out:
             raise UserError(f'--candidates {args.candidates} holds no candidate (only comments or blank lines); '
-                            'put one 28-int candidate per line')
+                            'put one candidate per line (28 ints for DARTS; 6 ints or an arch string for NB201)')
     for arch in args.arch or []:
-        cand = genotypes.try_encode(genotypes.resolve_genotype(arch))
-        if cand is None:
-            raise UserError(f'--arch {arch} is not in the 28-int DARTS search space (5-node or non-DARTS ops)')
-        out.append((arch, cand))
+        out.append((arch, space.resolve_arch(arch)))
     return out
 
 
@@ -265,12 +281,12 @@ def main(args):
     dist = Dist()
     device = choose_device(args.device, dist.local_rank)
     seed_everything(args.seed)
-    todo = read_candidates(args) if (args.candidates or args.arch) else None
     notes = []
     ctx = build_context(args, device, notes)
+    todo = read_candidates(args, ctx.space) if (args.candidates or args.arch) else None
     dist.init(device)
     evo = Evolution(args.max_epochs, args.population_num, args.select_num, args.mutation_num, args.crossover_num,
-                    args.m_prob, seed=args.seed)
+                    args.m_prob, seed=args.seed, space=ctx.space)
     ckpt_path = args.resume or os.path.join(args.save, CHECKPOINT)
     if args.resume and not os.path.isfile(args.resume) and not restarts_from_beginning(args.resume, CHECKPOINT):
         raise UserError(f'--resume {args.resume} does not exist; pass the {CHECKPOINT} of a search run directory')
@@ -312,8 +328,9 @@ def main(args):
     dist.close()
     if result is None:
         return None
-    path, geno, info = result
-    logger.info('best candidate %s score %.6g -> %s', cand_key(genotypes.encode(geno)), info['score'], path)
+    path, best, info = result
+    geno = ctx.space.decode(best)
+    logger.info('best candidate %s score %.6g -> %s', cand_key(best), info['score'], path)
     print(geno)
     return {'genotype': geno, 'score': info['score'], 'path': str(path), 'top': evo.best(10)}
 

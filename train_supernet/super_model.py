@@ -98,7 +98,56 @@ class SuperCell(nn.Module):
         return mods
 
 
-class Network(nn.Module):
+class SinglePathModel(nn.Module):
+    """What scoring needs from a supernet of any search space, given `path_modules(candidate)` (every
+    module whose parameters or BN statistics can change the output of that path, each once) and
+    `forward_candidate(x, candidate)`: the path's parameters and BNs, a bit-exact snapshot, and BN
+    recalibration. Holds no parameters, so subclasses keep their state_dict keys."""
+
+    def path_parameters(self, candidate):
+        """Parameters on the path of `candidate` (the only ones that influence its loss)."""
+        return [p for m in self.path_modules(candidate) for p in m.parameters()]
+
+    def path_batchnorms(self, candidate):
+        """BatchNorm layers on the path of `candidate`."""
+        return [m for mod in self.path_modules(candidate) for m in mod.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    @contextmanager
+    def preserved_path(self, candidate):
+        """Snapshot the path's parameters and BN buffers; restore them bit-exactly on exit, so scoring
+        (BN recalibration, weight perturbation) leaves the supernet exactly as it was."""
+        tensors = [p for p in self.path_parameters(candidate)]
+        tensors += [b for bn in self.path_batchnorms(candidate) for b in bn.buffers()]
+        saved = [t.detach().clone() for t in tensors]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for t, s in zip(tensors, saved):
+                    t.copy_(s)
+
+    @torch.no_grad()
+    def recalibrate_bn(self, candidate, batches, momentum=None):
+        """Reset the running statistics of the path's BNs and re-estimate them by forwarding
+        `batches` ((x, y) pairs) in train mode; ends in eval mode. momentum=None gives the exact
+        cumulative average over the batches (SPOS); 0.1 is PyTorch's default (the reference)."""
+        bns = self.path_batchnorms(candidate)
+        old = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.reset_running_stats()        # also zeroes num_batches_tracked, which momentum=None needs
+            bn.momentum = momentum
+        self.train()
+        try:
+            for x, _ in batches:
+                self.forward_candidate(x, candidate)
+        finally:
+            for bn, m in zip(bns, old):
+                bn.momentum = m
+            self.eval()
+
+
+class Network(SinglePathModel):
     """SPOS supernet; reduction cells at layers//3 and 2*layers//3 double the channels."""
 
     def __init__(self, C=16, num_classes=10, layers=8, steps=STEPS, multiplier=4, stem_multiplier=3):
@@ -156,49 +205,6 @@ class Network(nn.Module):
             mods += cell.path_modules(reduce if cell.reduction else normal)
         mods.append(self.classifier)
         return mods
-
-    def path_parameters(self, candidate):
-        """Parameters on the path of `candidate` (the only ones that influence its loss)."""
-        return [p for m in self.path_modules(candidate) for p in m.parameters()]
-
-    def path_batchnorms(self, candidate):
-        """BatchNorm layers on the path of `candidate`."""
-        return [m for mod in self.path_modules(candidate) for m in mod.modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-    @contextmanager
-    def preserved_path(self, candidate):
-        """Snapshot the path's parameters and BN buffers; restore them bit-exactly on exit, so scoring
-        (BN recalibration, weight perturbation) leaves the supernet exactly as it was."""
-        tensors = [p for p in self.path_parameters(candidate)]
-        tensors += [b for bn in self.path_batchnorms(candidate) for b in bn.buffers()]
-        saved = [t.detach().clone() for t in tensors]
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for t, s in zip(tensors, saved):
-                    t.copy_(s)
-
-    @torch.no_grad()
-    def recalibrate_bn(self, candidate, batches, momentum=None):
-        """Reset the running statistics of the path's BNs and re-estimate them by forwarding
-        `batches` ((x, y) pairs) in train mode; ends in eval mode. momentum=None gives the exact
-        cumulative average over the batches (SPOS); 0.1 is PyTorch's default (the reference)."""
-        bns = self.path_batchnorms(candidate)
-        old = [bn.momentum for bn in bns]
-        for bn in bns:
-            bn.reset_running_stats()        # also zeroes num_batches_tracked, which momentum=None needs
-            bn.momentum = momentum
-        self.train()
-        try:
-            for x, _ in batches:
-                self.forward_candidate(x, candidate)
-        finally:
-            for bn, m in zip(bns, old):
-                bn.momentum = m
-            self.eval()
-
 
 @torch.inference_mode()
 def evaluate_candidate(model, candidate, loader):

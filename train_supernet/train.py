@@ -4,6 +4,7 @@
     python3 train.py --seed 1 --data ../data --epochs 250 --save ../runs/supernet-c100 \
         --random_label 0 --split_data 1                     # CIFAR-100 as the reference
     python3 train.py --dataset fashion-mnist --epochs 2 --init_channels 8 --layers 5   # offline, CPU
+    python3 train.py --space nb201 --dataset cifar10 --split_data 1 --epochs 250 --save ../runs/nb201-c10
     python3 train.py --resume ../runs/supernet-c100      # after a crash (in the first epoch: starts over)
 
 Writes to --save: checkpoint_epoch_0.pth.tar (initial weights, needed by the angle metric),
@@ -24,10 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhe
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-import genotypes  # noqa: E402
-from genotypes import EDGES_PER_CELL  # noqa: E402
 from data import BatchLoader, add_data_args, inherit_split, load_search_data, write_split_file  # noqa: E402
-from train_supernet.super_model import Network, evaluate_candidate  # noqa: E402
+from spaces import SPACE_NAMES, get_space  # noqa: E402
+from train_supernet.super_model import evaluate_candidate  # noqa: E402
 from utils import (ArgumentParser, Dist, HeapTrimmer, Run, UserError, add_noop_flags, amp_dtype,  # noqa: E402
                    backward_and_step, check_new_run_dir, choose_device, derive_seed, get_rng_state, load_checkpoint,
                    load_state_checked, lock_run_dir, locks_released, logger, make_scaler, pop_noop_flags, progress,
@@ -48,12 +48,15 @@ def get_args_parser():
     g.add_argument('--weight_decay', type=float, default=3e-4, help='SGD weight decay')
     g.add_argument('--epochs', type=int, default=250, help='training epochs')
     g.add_argument('--init_channels', type=int, default=16, help='channels of the first cell (C)')
-    g.add_argument('--layers', type=int, default=8, help='number of cells')
+    g.add_argument('--layers', type=int, default=None,
+                   help='darts: number of cells (None: 8); nb201: cells per stage (None: 5, as the benchmark)')
     g.add_argument('--grad_clip', type=float, default=5.0, help='gradient norm clip (0: off)')
     g.add_argument('--seed', type=int, default=2, help='seed of weights, paths and augmentation')
     g.add_argument('--save', default=None, help='run directory; None means runs/supernet-<dataset>-<time>')
     g.add_argument('--report_freq', type=int, default=50, help='log a line every N steps')
     g = p.add_argument_group('additions')
+    g.add_argument('--space', default='darts', choices=SPACE_NAMES,
+                   help='search space: darts (the reference\'s) or nb201 (NAS-Bench-201, 6 edges x 5 ops)')
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='where to train')
     g.add_argument('--workers', type=int, default=0,
                    help='unused for in-memory datasets (batches are augmented on the device); kept for '
@@ -101,9 +104,12 @@ NOOP_FLAGS = {'gpu': int, 'cutout': None, 'cutout_length': int, 'drop_path_prob'
 def parse_args(argv=None):
     args = get_args_parser().parse_args(argv)
     pop_noop_flags(args)
+    space = get_space(args.space)
+    if args.layers is None:
+        args.layers = space.default_layers
+    require(space.check_shape(args.init_channels, args.layers))
     require([(args.epochs >= 1, '--epochs must be >= 1'), (args.batch_size >= 2, '--batch_size must be >= 2'),
-             (args.learning_rate > 0, '--learning_rate must be > 0'), (args.layers >= 3, '--layers must be >= 3'),
-             (args.init_channels >= 1, '--init_channels must be >= 1'),
+             (args.learning_rate > 0, '--learning_rate must be > 0'),
              (args.save_freq >= 1, '--save_freq must be >= 1'), (args.report_freq >= 1, '--report_freq must be >= 1'),
              (args.stop_after >= 0, '--stop_after must be >= 0'),
              (args.valid_paths >= 1, '--valid_paths must be >= 1')])
@@ -113,15 +119,17 @@ def parse_args(argv=None):
 def model_meta(args, num_classes):
     """What stage 2 needs to rebuild the supernet from a checkpoint alone."""
     return {'init_channels': args.init_channels, 'layers': args.layers, 'num_classes': num_classes,
-            'dataset': args.dataset}
+            'dataset': args.dataset, 'space': args.space}
 
 
-def train_step(model, x, y, candidate, optimizer, criterion, grad_clip, set_to_none=False, amp=False, scaler=None):
+def train_step(model, x, y, candidate, optimizer, criterion, grad_clip, set_to_none=False, amp=False, scaler=None,
+               space=None):
     """One SPOS step on one path: forward (autocast with --amp), cross-entropy, backward, clip, SGD.
+    `space` (a SearchSpace; None: DARTS) splits the candidate into the supernet's forward arguments.
     Returns (logits, loss)."""
     optimizer.zero_grad(set_to_none=set_to_none)
     with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=amp):
-        logits = model(x, candidate[:EDGES_PER_CELL], candidate[EDGES_PER_CELL:])   # through DDP when wrapped
+        logits = model(x, *(space or get_space()).forward_args(candidate))   # through DDP when wrapped
         loss = criterion(logits, y)
     backward_and_step(loss, optimizer, scaler or make_scaler(x.device, amp), model.parameters(), grad_clip)
     return logits, loss
@@ -135,11 +143,12 @@ def train_one_epoch(model, loader, optimizer, criterion, path_rng, args, epoch, 
     correct = torch.zeros((), dtype=torch.long, device=device)      # sums stay on the device between reports
     seen = 0
     set_to_none = args.zero_grad == 'none'
+    space = get_space(args.space)
     bar = progress(loader, desc=f'epoch {epoch + 1}/{args.epochs}', total=len(loader))
     for step, (x, y) in enumerate(bar):
-        cand = genotypes.random_candidate(path_rng)
+        cand = space.random_candidate(path_rng)
         logits, loss = train_step(model, x, y, cand, optimizer, criterion, args.grad_clip, set_to_none, args.amp,
-                                  scaler)
+                                  scaler, space)
         if trim_heap:
             trim_heap()
         loss_sum += loss.detach().double() * len(y)
@@ -167,7 +176,7 @@ def validate_random_paths(model, data, args, epoch, valid_loader, memory_format)
     rng = random.Random(derive_seed(args.seed, 'valid', epoch))
     results = []
     for _ in range(args.valid_paths):
-        cand = genotypes.random_candidate(rng)
+        cand = get_space(args.space).random_candidate(rng)
         with model.preserved_path(cand):
             if args.valid_bn_images:
                 bn_loader = BatchLoader(data.train, data.train_idx, args.batch_size, valid_loader.device,
@@ -199,6 +208,9 @@ def _resume_state(args, model, optimizer, scheduler, scaler, world_size, data_di
     if not isinstance(ckpt, dict) or 'scheduler' not in ckpt or 'path_rng' not in ckpt:
         raise UserError(f'{args.resume} is not a resumable stage-1 checkpoint (it lacks scheduler / RNG state); '
                         f'pass the {LAST} of a run directory')
+    if ckpt.get('space', 'darts') != args.space:
+        raise UserError(f'{args.resume} is a {ckpt.get("space", "darts")} supernet; resume it with --space '
+                        f'{ckpt.get("space", "darts")}')
     _check_world_size(args, ckpt.get('world_size'), world_size)
     load_state_checked(model, ckpt['state_dict'], args.resume)
     optimizer.load_state_dict(ckpt['optimizer'])
@@ -274,7 +286,8 @@ def main(args):
         inherit_split(args, _checkpoint_args(args.resume))
     data = load_search_data(args).resident(device)    # raises before anything is written
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = Network(args.init_channels, data.num_classes, args.layers).to(device).to(memory_format=memory_format)
+    model = get_space(args.space).build_supernet(args.init_channels, data.num_classes, args.layers)
+    model = model.to(device).to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
@@ -285,10 +298,11 @@ def main(args):
 
     run = Run(args.save, args, is_main=dist.is_main)
     meta = {**model_meta(args, data.num_classes), 'world_size': dist.world_size, **data.split_record()}
-    logger.info('supernet C=%d layers=%d classes=%d: %d parameters; train %d / valid %d images of %s; %d process(es) '
-                'on %s, batch %d per process, global batch %d', args.init_channels, args.layers, data.num_classes,
-                sum(p.numel() for p in model.parameters()), len(data.train_idx), len(data.valid_idx),
-                data.split.describe(), dist.world_size, device, args.batch_size, args.batch_size * dist.world_size)
+    logger.info('%s supernet C=%d layers=%d classes=%d: %d parameters; train %d / valid %d images of %s; %d '
+                'process(es) on %s, batch %d per process, global batch %d', args.space, args.init_channels,
+                args.layers, data.num_classes, sum(p.numel() for p in model.parameters()), len(data.train_idx),
+                len(data.valid_idx), data.split.describe(), dist.world_size, device, args.batch_size,
+                args.batch_size * dist.world_size)
     if dist.is_main and args.resume:
         run.truncate_metrics('epoch', start_epoch)      # lines written after the checkpoint (a crash in between)
         logger.info('resumed from %s after epoch %d', args.resume, start_epoch)

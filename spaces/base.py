@@ -1,0 +1,80 @@
+"""The interface between the stages and a search space.
+
+A *candidate* is a flat list of ints (op codes), JSON-serializable and hashable as a string; each space
+fixes its length and meaning. Stages never look inside one: they sample, mutate, cross over, show and
+score candidates through these methods, and run supernets through `forward_args`.
+"""
+
+
+class SearchSpace:
+    name = None
+    candidate_len = None       # ints per candidate
+    default_layers = None      # --layers when not given
+    layers_meaning = ''        # for --help and error messages
+
+    # --- candidates -------------------------------------------------------------------------------
+    def random_candidate(self, rng):
+        """The SPOS path sampler: a uniformly drawn valid candidate (`rng` a random.Random)."""
+        raise NotImplementedError
+
+    def mutate(self, candidate, rng, m_prob):
+        """Each edge re-drawn with probability m_prob; always a valid candidate."""
+        raise NotImplementedError
+
+    def crossover(self, a, b, rng):
+        """Each edge from either parent; always a valid candidate."""
+        raise NotImplementedError
+
+    def check(self, candidate):
+        """The candidate as a list of ints, or GenotypeError naming the problem."""
+        raise NotImplementedError
+
+    def parse(self, text):
+        """One line of a --candidates file -> candidate (GenotypeError when it is not one)."""
+        raise NotImplementedError
+
+    def resolve_arch(self, arch):
+        """An --arch value (a name, a file or the readable form) -> candidate."""
+        raise NotImplementedError
+
+    def decode(self, candidate):
+        """Candidate -> the space's readable object (DARTS: a Genotype, NB201: the arch string)."""
+        raise NotImplementedError
+
+    def encode(self, readable):
+        """The inverse of decode; GenotypeError for objects outside the space."""
+        raise NotImplementedError
+
+    def to_string(self, candidate):
+        """A short readable form for logs."""
+        raise NotImplementedError
+
+    def describe(self, candidate):
+        """A JSON-able dict of the readable form, stored next to each candidate in search outputs."""
+        raise NotImplementedError
+
+    def save_result(self, path, candidate, name, **extra):
+        """Write the search's result file for `candidate` (genotype.json); returns the path."""
+        raise NotImplementedError
+
+    # --- networks ---------------------------------------------------------------------------------
+    def check_shape(self, init_channels, layers):
+        """Problems with a supernet shape, as (ok, message) pairs for utils.require."""
+        return [(init_channels >= 1, '--init_channels must be >= 1')]
+
+    def build_supernet(self, C, num_classes, layers):
+        """A SinglePathModel: forward(x, *forward_args(candidate)), forward_candidate, path_modules."""
+        raise NotImplementedError
+
+    def forward_args(self, candidate):
+        """Positional arguments after x of the supernet's forward (what DDP must see)."""
+        raise NotImplementedError
+
+    def angle_vector(self, model, candidate):
+        """The candidate's weights in `model` as one float64 vector (the angle metric)."""
+        raise NotImplementedError
+
+    def standalone(self, candidate, C, num_classes, layers):
+        """The fixed network of one candidate at a supernet's width and depth (DARTS: retrain's NetworkCIFAR,
+        whose forward returns (logits, None) without auxiliary head; NB201: the benchmark's network)."""
+        raise NotImplementedError

@@ -1,0 +1,141 @@
+"""The DARTS space behind the SearchSpace interface: today's genotypes.py, operations.py and
+train_supernet/super_model.py, unchanged; this module adds the angle-vector layout (SPEC section 4)."""
+
+import torch
+
+import genotypes
+from genotypes import EDGES_PER_CELL, NODE_SLICES, PRIMITIVES
+from operations import FactorizedReduce
+from spaces.base import SearchSpace
+from train_supernet.super_model import Network
+
+
+# --- angle ---------------------------------------------------------------------------------------
+
+def cell_paths():
+    """Every directed path from an input node (0, 1) to an intermediate node (2..5) of a cell, as
+    lists of edge indices from the input onwards; 30 paths, ordered by end node, then by the
+    predecessor on the last edge, then recursively."""
+    ending = {}
+    for node, (start, _) in enumerate(NODE_SLICES):
+        target = node + 2
+        paths = []
+        for pred in range(target):
+            edge = start + pred
+            paths += [[edge]] if pred < 2 else [p + [edge] for p in ending[pred]]
+        ending[target] = paths
+    return [p for t in sorted(ending) for p in ending[t]]
+
+
+def op_weights(mixed_op, code):
+    """The tensors one op contributes to the angle vector (SPEC section 4)."""
+    op = mixed_op._ops[code]
+    name = PRIMITIVES[code]
+    if 'pool' in name:                       # Sequential(pool, BN): constant 1/9 kernel + BN affine
+        bn = op[1]
+        return [torch.full((bn.num_features, 3, 3), 1 / 9, device=bn.weight.device), bn.weight, bn.bias]
+    if name == 'skip_connect':
+        if isinstance(op, FactorizedReduce):
+            return [op.conv_1.weight, op.conv_2.weight, op.bn.weight, op.bn.bias]
+        device = next(mixed_op.parameters()).device
+        return [torch.eye(mixed_op.channels, device=device).flatten()]
+    seq = op.op
+    if name.startswith('sep_conv'):           # four convs, then both BNs' weight and bias
+        return [seq[1].weight, seq[2].weight, seq[5].weight, seq[6].weight,
+                seq[3].weight, seq[3].bias, seq[7].weight, seq[7].bias]
+    if name.startswith('dil_conv'):           # two convs, then the BN's weight and bias (the
+        return [seq[1].weight, seq[2].weight, seq[3].weight, seq[3].bias]   # reference takes weight twice)
+    raise ValueError(f'no angle weights for {name}')
+
+
+def _preprocess_weights(pre):
+    if isinstance(pre, FactorizedReduce):
+        return [pre.conv_1.weight, pre.conv_2.weight, pre.bn.weight, pre.bn.bias]
+    return [pre.op[1].weight, pre.op[2].weight, pre.op[2].bias]
+
+
+def angle_vector(model, candidate):
+    """One float64 vector: for every cell, every path without a `none` edge contributes the weights of
+    its ops in path order; then the stem conv + BN weight/bias, each cell's preprocessing (conv + BN
+    weight/bias, or factorized reduce), and the classifier weight."""
+    parts = []
+    paths = cell_paths()
+    for cell in model.cells:
+        codes = candidate[EDGES_PER_CELL:] if cell.reduction else candidate[:EDGES_PER_CELL]
+        for path in paths:
+            if any(codes[e] == 0 for e in path):
+                continue
+            for e in path:
+                parts += op_weights(cell._ops[e], codes[e])
+    parts += [model.stem[0].weight, model.stem[1].weight, model.stem[1].bias]
+    for cell in model.cells:
+        parts += _preprocess_weights(cell.preprocess0) + _preprocess_weights(cell.preprocess1)
+    parts.append(model.classifier.weight)
+    return torch.cat([p.detach().reshape(-1).double() for p in parts])
+
+
+# --- the space -----------------------------------------------------------------------------------
+
+class DartsSpace(SearchSpace):
+    """28 ints (normal 14, reduce 14), repaired so every node keeps two inputs (SPEC section 1)."""
+    name = 'darts'
+    candidate_len = genotypes.CANDIDATE_LEN
+    default_layers = 8
+    layers_meaning = 'cells of the supernet'
+
+    def random_candidate(self, rng):
+        return genotypes.random_candidate(rng)
+
+    def mutate(self, candidate, rng, m_prob):
+        cand = list(candidate)
+        for i in range(len(cand)):          # all 28 edges (the reference only mutates the first 14)
+            if rng.random() < m_prob:
+                cand[i] = rng.randint(0, len(PRIMITIVES) - 1)
+        return genotypes.repair(cand, rng)
+
+    def crossover(self, a, b, rng):
+        return genotypes.repair([rng.choice([x, y]) for x, y in zip(a, b)], rng)
+
+    def check(self, candidate):
+        return genotypes.check_valid(candidate)
+
+    def parse(self, text):
+        return genotypes.parse_candidate(text)
+
+    def resolve_arch(self, arch):
+        cand = genotypes.try_encode(genotypes.resolve_genotype(arch))
+        if cand is None:
+            raise genotypes.GenotypeError(f'--arch {arch} is not in the 28-int DARTS search space '
+                                          '(5-node or non-DARTS ops)')
+        return cand
+
+    def decode(self, candidate):
+        return genotypes.decode(candidate)
+
+    def encode(self, readable):
+        return genotypes.encode(readable)
+
+    def to_string(self, candidate):
+        return ','.join(str(int(c)) for c in candidate)
+
+    def describe(self, candidate):
+        return {'genotype': genotypes.genotype_to_dict(genotypes.decode(candidate))}
+
+    def save_result(self, path, candidate, name, **extra):
+        return genotypes.save_genotype(path, genotypes.decode(candidate), name=name, **extra)
+
+    def check_shape(self, init_channels, layers):
+        return super().check_shape(init_channels, layers) + [(layers >= 3, '--layers must be >= 3')]
+
+    def build_supernet(self, C, num_classes, layers):
+        return Network(C, num_classes, layers)
+
+    def forward_args(self, candidate):
+        return candidate[:EDGES_PER_CELL], candidate[EDGES_PER_CELL:]
+
+    def angle_vector(self, model, candidate):
+        return angle_vector(model, candidate)
+
+    def standalone(self, candidate, C, num_classes, layers):
+        from retrain.model import NetworkCIFAR     # stage-3 logic, only needed here
+        return NetworkCIFAR(C, num_classes, layers, False, genotypes.decode(candidate))
