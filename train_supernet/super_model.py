@@ -125,6 +125,18 @@ class Network(nn.Module):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
 
+    @property
+    def init_channels(self):
+        return self._C
+
+    @property
+    def num_layers(self):
+        return self._layers
+
+    @property
+    def num_classes(self):
+        return self._num_classes
+
     def forward(self, x, normal_codes, reduce_codes):
         # x: (N, 3, H, W) -> logits (N, num_classes). A cell's output feeds the next two cells only
         # through their preprocessing ReLUs, so it is rectified once here (the last one not at all).
