@@ -16,6 +16,7 @@ import numpy as np
 from utils import UserError
 
 GT_EXAMPLE = '{"candidate": [3, 6, 0, ...], "seed": 0, "test_acc": 0.83}'
+SCORE_EXAMPLE = '{"candidate": [3, 6, 0, ...], "metric": "wlm", "seed": 0, "score": 0.01}'
 
 
 def read_jsonl(path, what):
@@ -55,12 +56,12 @@ def _fits(name, v):
     return _is_number(v)
 
 
-def check_record(path, n, rec, fields):
+def check_record(path, n, rec, fields, example):
     """UserError naming the first of `fields` that is missing or of the wrong kind."""
     for f in fields:
         if not _fits(f, rec.get(f)):
             raise UserError(f'{path} line {n}: field "{f}" is missing or not {KINDS.get(f, "a finite number")} '
-                            f'(a ground-truth line looks like {GT_EXAMPLE}); fix that line')
+                            f'(a line looks like {example}); fix that line')
 
 
 @dataclass
@@ -81,7 +82,7 @@ def read_ground_truth(path):
     """A GroundTruth; every cell must have a line for the same set of seeds, one line per (cell, seed)."""
     per_cell, names, extra, protocol = {}, {}, {}, None
     for n, rec in read_jsonl(path, 'ground-truth'):
-        check_record(path, n, rec, ('candidate', 'seed', 'test_acc'))
+        check_record(path, n, rec, ('candidate', 'seed', 'test_acc'), GT_EXAMPLE)
         cand = tuple(rec['candidate'])
         seeds = per_cell.setdefault(cand, {})
         if rec['seed'] in seeds:
@@ -108,6 +109,6 @@ def read_scores(path):
     """{metric: {candidate: {seed: score}}} of a scores file."""
     out = {}
     for n, rec in read_jsonl(path, 'scores'):
-        check_record(path, n, rec, ('candidate', 'metric', 'seed', 'score'))
+        check_record(path, n, rec, ('candidate', 'metric', 'seed', 'score'), SCORE_EXAMPLE)
         out.setdefault(rec['metric'], {}).setdefault(tuple(rec['candidate']), {})[rec['seed']] = float(rec['score'])
     return out

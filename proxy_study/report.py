@@ -79,11 +79,15 @@ def analyse_metric(metric, per_cell, gt, args):
                         stats.estimate(stats.paired(precision, score, truth), **kw), repeat)
 
 
-def analyse(gt, scores, args):
-    """(ceiling Estimate or None, [MetricResult] sorted by tau, best first; NaN last)."""
+def check_cells(gt, args):
     if len(gt.cells) < MIN_CELLS:
         raise UserError(f'{args.ground_truth} holds {len(gt.cells)} cell(s); a rank correlation needs at least '
                         f'{MIN_CELLS}: add cells')
+
+
+def analyse(gt, scores, args):
+    """(ceiling Estimate or None, [MetricResult] sorted by tau, best first; NaN last)."""
+    check_cells(gt, args)
     if not scores:
         raise UserError(f'{args.scores} holds no scores; run proxy_study/scores.py first')
     ceiling = None
@@ -179,6 +183,7 @@ def plot_taus(path, ceiling, results):
 
 def main(args):
     gt = read_ground_truth(args.ground_truth)
+    check_cells(gt, args)
     scores = read_scores(args.scores)
     ceiling, results = analyse(gt, scores, args)
     out = Path(args.out)
