@@ -53,6 +53,8 @@ def _fits(name, v):
         return isinstance(v, int) and not isinstance(v, bool)
     if name == 'metric':
         return isinstance(v, str)
+    if name == 'score':        # may be infinite (NASWOT of a singular kernel), still ranks
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
     return _is_number(v)
 
 
@@ -71,7 +73,6 @@ class GroundTruth:
     acc: np.ndarray                 # (cells, seeds) test accuracy
     names: dict = field(default_factory=dict)        # candidate -> name, where given
     protocol: dict = None           # of the first line, where given
-    extra: dict = field(default_factory=dict)        # candidate -> {params, macs} where given
 
     @property
     def mean(self):
@@ -80,7 +81,7 @@ class GroundTruth:
 
 def read_ground_truth(path):
     """A GroundTruth; every cell must have a line for the same set of seeds, one line per (cell, seed)."""
-    per_cell, names, extra, protocol = {}, {}, {}, None
+    per_cell, names, protocol = {}, {}, None
     for n, rec in read_jsonl(path, 'ground-truth'):
         check_record(path, n, rec, ('candidate', 'seed', 'test_acc'), GT_EXAMPLE)
         cand = tuple(rec['candidate'])
@@ -90,7 +91,6 @@ def read_ground_truth(path):
                             'per (candidate, seed)')
         seeds[rec['seed']] = float(rec['test_acc'])
         names.setdefault(cand, rec.get('name'))
-        extra.setdefault(cand, {k: rec[k] for k in ('params', 'macs') if k in rec})
         protocol = protocol or rec.get('protocol')
     if not per_cell:
         raise UserError(f'{path} holds no ground-truth lines; each line looks like {GT_EXAMPLE}')
@@ -102,7 +102,7 @@ def read_ground_truth(path):
     seeds = list(seed_sets.pop())
     cells = list(per_cell)
     acc = np.array([[per_cell[c][s] for s in seeds] for c in cells], float)
-    return GroundTruth(cells, seeds, acc, {c: v for c, v in names.items() if v}, protocol, extra)
+    return GroundTruth(cells, seeds, acc, {c: v for c, v in names.items() if v}, protocol)
 
 
 def read_scores(path):
