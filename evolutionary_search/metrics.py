@@ -7,10 +7,15 @@
 - acc:       top-1 on the valid part after re-estimating the path's BN statistics.
 - wlm:       flatness: 1 / (poor + 1e-5), poor from the losses under growing Gaussian weight noise.
 - angle+wlm, acc+wlm, angle+acc: the combinations of SPEC section 4.
+- wlm_l0:    flatness with the clean loss L(0) at sigma 0 measured and used as the first point of the
+             slope sum (the reference left this as a TODO and takes L(0) = 0, which makes wlm mostly
+             1 / loss); `wlm` stays the reference's.
+- params, macs, synflow, naswot, grad_norm, snip: baselines of the zero-cost-proxy literature, on the
+             stand-alone network of the candidate at initialisation (`standalone_network`).
 
 A score is a pure function of (candidate, ctx.seed, checkpoints, data): BN batches come from the seed
 alone (every candidate sees the same images; from (seed, candidate) with bn_per_candidate), the weight
-noise from (seed, candidate).
+noise and a stand-alone network's initial weights from (seed, candidate).
 """
 import math
 from contextlib import contextmanager
@@ -19,10 +24,11 @@ from dataclasses import dataclass
 import torch
 
 from data import BatchLoader
+from evolutionary_search import zero_cost
 from spaces import get_space
 from spaces.darts import angle_vector, cell_paths, op_weights  # noqa: F401 (the DARTS layout, named here before)
 from train_supernet.super_model import evaluate_candidate
-from utils import UserError, derive_seed
+from utils import UserError, count_macs, count_parameters, derive_seed
 
 WLM_EPS = 1e-5
 
@@ -49,6 +55,9 @@ class ScoringContext:
     precision: str = 'fp32'           # numerics of scoring forwards, see `precision`
     bn_per_candidate: bool = False    # BN recalibration images drawn per candidate (the reference draws fresh ones)
     space: object = None              # spaces.SearchSpace of the supernets; None: DARTS
+    standalone_channels: int = None   # C / cells of the stand-alone networks of the zero-cost metrics;
+    standalone_layers: int = None     # None: the supernet's
+    cache: dict = None                # a dict: metrics of one candidate share their parts (see `cached`)
 
 
 PRECISIONS = ('fp32', 'tf32', 'bf16', 'fp16')
@@ -114,6 +123,13 @@ def wlm_from_losses(losses, stds):
     return 1.0 / (poor + WLM_EPS), poor
 
 
+def wlm_l0_from_losses(losses, stds):
+    """The slope sum with the measured clean loss L0 = losses[0] at s0 = 0 as its first point:
+    poor = sum_{i=0..K-1} |(L_{i+1} - L_i) / (s_{i+1} - s_i)|; wlm = 1 / (poor + 1e-5). The losses are
+    shifted by L0, which turns the reference's first term |L1 / s1| into |(L1 - L0) / s1|."""
+    return wlm_from_losses([loss - losses[0] for loss in losses[1:]], stds)
+
+
 @torch.no_grad()
 def perturbed_losses(ctx, candidate):
     """Mean validation loss under each noise level, after BN recalibration. Cumulative noise (default):
@@ -144,23 +160,46 @@ def perturbed_losses(ctx, candidate):
     return losses
 
 
+def cached(ctx, key, compute):
+    """compute(), remembered in ctx.cache (when the caller gave one) under (key, seed): the proxy study
+    scores every metric of a candidate, and the combined metrics share their parts."""
+    if ctx.cache is None:
+        return compute()
+    key = (key, ctx.seed)
+    if key not in ctx.cache:
+        ctx.cache[key] = compute()
+    return ctx.cache[key]
+
+
 def _wlm_components(ctx, candidate):
-    losses = perturbed_losses(ctx, candidate)
-    wlm, poor = wlm_from_losses(losses, ctx.stds)
-    return {'wlm': wlm, 'poor': poor, 'losses': losses}
+    def compute():
+        losses = perturbed_losses(ctx, candidate)
+        wlm, poor = wlm_from_losses(losses, ctx.stds)
+        return {'wlm': wlm, 'poor': poor, 'losses': losses}
+    return cached(ctx, ('wlm', tuple(candidate)), compute)
+
+
+def _wlm_l0_components(ctx, candidate):
+    """L0 is the clean loss after the same BN recalibration on the same validation images (what `acc`
+    measures); the noise levels' losses are those of `wlm`."""
+    clean = _acc_components(ctx, candidate)['loss']
+    losses = _wlm_components(ctx, candidate)['losses']
+    wlm, poor = wlm_l0_from_losses([clean] + losses, ctx.stds)
+    return {'wlm_l0': wlm, 'poor_l0': poor, 'loss': clean, 'losses': losses}
 
 
 def _angle_components(ctx, candidate):
     if ctx.init_model is None:
         raise UserError('the angle metrics need the initial supernet: pass --init_model_path '
                         'checkpoint_epoch_0.pth.tar')
-    a = angle(ctx.init_model, ctx.model, candidate, ctx.space)
+    a = cached(ctx, ('angle', tuple(candidate)), lambda: angle(ctx.init_model, ctx.model, candidate, ctx.space))
     return {'angle': a, 'angle_normalized': a / math.pi}
 
 
 def _acc_components(ctx, candidate, train_images=None, val_images=None):
-    acc, loss = recalibrated_accuracy(ctx, candidate, train_images or ctx.max_train_img_size,
-                                      val_images or ctx.max_val_img_size)
+    train_images, val_images = train_images or ctx.max_train_img_size, val_images or ctx.max_val_img_size
+    acc, loss = cached(ctx, ('acc', tuple(candidate), train_images, val_images),
+                       lambda: recalibrated_accuracy(ctx, candidate, train_images, val_images))
     if not math.isfinite(loss):
         raise UserError(f'validation loss of candidate {",".join(map(str, candidate))} is {loss}: the supernet '
                         'checkpoint has diverged; retrain it with a lower --learning_rate')
@@ -182,6 +221,11 @@ def score_wlm(ctx, candidate):
     return {'score': c['wlm'], **c}
 
 
+def score_wlm_l0(ctx, candidate):
+    c = _wlm_l0_components(ctx, candidate)
+    return {'score': c['wlm_l0'], **c}
+
+
 def score_angle_wlm(ctx, candidate):
     c = {**_angle_components(ctx, candidate), **_wlm_components(ctx, candidate)}
     return {'score': c['angle_normalized'] + ctx.wlm_weight / ctx.stds[0] * c['wlm'], **c}
@@ -198,6 +242,60 @@ def score_angle_acc(ctx, candidate):
     return {'score': c['angle_normalized'] + ctx.acc_weight * c['acc'], **c}
 
 
+# --- baselines on the stand-alone network at initialisation -------------------------------------------
+
+def standalone_network(ctx, candidate):
+    """The candidate's stand-alone network in the supernet's space (DARTS: NetworkCIFAR without auxiliary head
+    or drop-path) on the device, its initial weights seeded by (seed, candidate); the global RNG is left as it
+    was."""
+    C = ctx.standalone_channels or ctx.model.init_channels
+    layers = ctx.standalone_layers or ctx.model.num_layers
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(ctx.seed, 'init', list(candidate)))
+        net = (ctx.space or get_space('darts')).standalone(candidate, C, ctx.model.num_classes, layers)
+    return net.to(ctx.device)
+
+
+def zero_cost_batch(ctx):
+    """The first BN-recalibration batch (batch_size augmented training images): the data of naswot,
+    grad_norm and snip, the same for every candidate."""
+    return next(bn_batches(ctx, ctx.batch_size))
+
+
+def _image_shape(ctx):
+    return tuple(zero_cost_batch(ctx)[0].shape[1:])
+
+
+def score_params(ctx, candidate):
+    n = count_parameters(standalone_network(ctx, candidate))
+    return {'score': float(n), 'params': n}
+
+
+def score_macs(ctx, candidate):
+    n = count_macs(standalone_network(ctx, candidate), torch.zeros(1, *_image_shape(ctx), device=ctx.device))
+    return {'score': float(n), 'macs': n}
+
+
+def score_synflow(ctx, candidate):
+    s = zero_cost.synflow(standalone_network(ctx, candidate), _image_shape(ctx))
+    return {'score': s, 'synflow': s}
+
+
+def score_naswot(ctx, candidate):
+    s = zero_cost.naswot(standalone_network(ctx, candidate), zero_cost_batch(ctx)[0])
+    return {'score': s, 'naswot': s}
+
+
+def score_grad_norm(ctx, candidate):
+    s = zero_cost.grad_norm(standalone_network(ctx, candidate), *zero_cost_batch(ctx))
+    return {'score': s, 'grad_norm': s}
+
+
+def score_snip(ctx, candidate):
+    s = zero_cost.snip(standalone_network(ctx, candidate), *zero_cost_batch(ctx))
+    return {'score': s, 'snip': s}
+
+
 METRICS = {
     'angle': score_angle,
     'acc': score_acc,
@@ -205,5 +303,14 @@ METRICS = {
     'angle+wlm': score_angle_wlm,
     'acc+wlm': score_acc_wlm,
     'angle+acc': score_angle_acc,
+    'wlm_l0': score_wlm_l0,
+    'params': score_params,
+    'macs': score_macs,
+    'synflow': score_synflow,
+    'naswot': score_naswot,
+    'grad_norm': score_grad_norm,
+    'snip': score_snip,
 }
 NEEDS_INIT = {'angle', 'angle+wlm', 'angle+acc'}
+# Metrics whose score does not depend on the seed (the proxy study scores them once).
+DETERMINISTIC = {'angle', 'params', 'macs'}

@@ -104,6 +104,19 @@ class SinglePathModel(nn.Module):
     `forward_candidate(x, candidate)`: the path's parameters and BNs, a bit-exact snapshot, and BN
     recalibration. Holds no parameters, so subclasses keep their state_dict keys."""
 
+    # Subclasses set _C, _layers and _num_classes in their __init__; other modules read these properties.
+    @property
+    def init_channels(self):
+        return self._C
+
+    @property
+    def num_layers(self):
+        return self._layers
+
+    @property
+    def num_classes(self):
+        return self._num_classes
+
     def path_parameters(self, candidate):
         """Parameters on the path of `candidate` (the only ones that influence its loss)."""
         return [p for m in self.path_modules(candidate) for p in m.parameters()]

@@ -1,0 +1,178 @@
+"""The proxy study (proxy_study/): ground truth that resumes after a kill and splits over torchrun ranks,
+scores of every metric, the report, and one-line errors for bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, cli_exit_code, run_script, snapshot_dir
+from proxy_study import ground_truth, report, scores, stats
+from proxy_study.cells import sample_cells, uniform_candidate
+from proxy_study.records import read_ground_truth, read_scores
+
+GT_FLAGS = {'dataset': 'synthetic', 'num_cells': 3, 'seeds': 2, 'epochs': 1, 'init_channels': 4, 'layers': 3,
+            'batch_size': 32, 'train_subset': 192, 'test_subset': 64, 'drop_path_prob': 0, 'cutout_length': 0,
+            'device': 'cpu'}
+
+
+def gt_argv(**changes):
+    """Command-line arguments of the tiny ground truth, with some flags changed (None: left out)."""
+    flags = {**GT_FLAGS, **changes}
+    return [a for k, v in flags.items() if v is not None for a in (f'--{k}', v)] + ['--no-auxiliary']
+
+
+GT = gt_argv()
+ONE_THREAD = {'OMP_NUM_THREADS': '1'}       # the same thread count in every run: bit-identical results
+
+
+@pytest.fixture(scope='module')
+def supernet(tmp_path_factory):
+    run = tmp_path_factory.mktemp('study') / 'supernet'
+    run_script('train_supernet/train.py', '--dataset', 'synthetic', '--init_channels', 4, '--layers', 3,
+               '--batch_size', 16, '--train_subset', 128, '--valid_subset', 64, '--valid_bn_images', 32, '--epochs', 1,
+               '--seed', 1, '--save', run, '--device', 'cpu', env_extra=ONE_THREAD)
+    return run
+
+
+@pytest.fixture(scope='module')
+def gt_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp('study') / 'gt'
+    run_script('proxy_study/ground_truth.py', *GT, '--save', run, env_extra=ONE_THREAD)
+    return run
+
+
+def test_uniform_sample_is_valid_seeded_and_extends():
+    import random
+    import genotypes
+    assert genotypes.is_valid(uniform_candidate(random.Random(0)))
+    five, eight = sample_cells(5, 3), sample_cells(8, 3)
+    assert eight[:5] == five and len({c.candidate for c in eight}) == 8
+
+
+def test_ground_truth_file(gt_run):
+    lines = [json.loads(ln) for ln in (gt_run / 'ground_truth.jsonl').read_text().splitlines()]
+    assert [(ln['candidate'], ln['seed']) for ln in lines] == [
+        (list(c.candidate), s) for c in sample_cells(3, 0) for s in (0, 1)]
+    for ln in lines:
+        assert 0 <= ln['test_acc'] <= 1 and ln['params'] > 0 and ln['macs'] > 0
+        assert ln['protocol']['epochs'] == 1 and ln['protocol']['dataset'] == 'synthetic'
+    assert lines[0]['test_acc'] != lines[1]['test_acc'] or lines[0]['test_loss'] != lines[1]['test_loss']
+
+
+def test_ground_truth_resumes_after_a_kill_mid_cell(gt_run, tmp_path):
+    run = tmp_path / 'killed'
+    env = dict(os.environ, PYTHONHASHSEED='0', **ONE_THREAD)
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'proxy_study/ground_truth.py'), *map(str, GT), '--save', run],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not list((run / 'pairs').glob('*.json')) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)               # the second pair is being trained now
+    proc.wait()
+    done = list((run / 'pairs').glob('*.json'))
+    assert 1 <= len(done) < 6 and not (run / 'ground_truth.jsonl').exists()
+    run_script('proxy_study/ground_truth.py', *GT, '--save', run, env_extra=ONE_THREAD)
+    assert (run / 'ground_truth.jsonl').read_bytes() == (gt_run / 'ground_truth.jsonl').read_bytes()
+
+
+def test_two_processes_write_the_same_file_as_one(gt_run, tmp_path):
+    run = tmp_path / 'ddp'
+    env = dict(os.environ, PYTHONHASHSEED='0', **ONE_THREAD)
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           str(ROOT / 'proxy_study/ground_truth.py'), *map(str, GT), '--save', run],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / 'ground_truth.jsonl').read_bytes() == (gt_run / 'ground_truth.jsonl').read_bytes()
+    assert '3 to train here (rank 0 of 2)' in proc.stderr        # rank 0 trained half the pairs
+
+
+def test_end_to_end_scores_and_report(supernet, gt_run, tmp_path):
+    gt_file = gt_run / 'ground_truth.jsonl'
+    out = scores.main(scores.parse_args([str(a) for a in [
+        '--ground_truth', gt_file, '--model_path', supernet / 'checkpoint_epoch_1.pth.tar',
+        '--init_model_path', supernet / 'checkpoint_epoch_0.pth.tar', '--max_train_img_size', 32,
+        '--max_val_img_size', 64, '--batch_size', 32, '--device', 'cpu', '--save', tmp_path / 'scores']]))
+    table = read_scores(out)
+    from evolutionary_search.metrics import DETERMINISTIC, METRICS
+    assert set(table) == set(METRICS)
+    for metric, per_cell in table.items():
+        assert len(per_cell) == 3
+        assert all(sorted(s) == ([0] if metric in DETERMINISTIC else [0, 1]) for s in per_cell.values())
+    doc = report.main(report.parse_args([str(a) for a in ['--ground_truth', gt_file, '--scores', out, '--out',
+                                                          tmp_path / 'report', '--resamples', 1000]]))
+    files = {p.name for p in (tmp_path / 'report').iterdir()}
+    assert {'report.md', 'report.json', 'taus.png', 'scatter_angle_plus_wlm.png', 'scatter_wlm_l0.png'} <= files
+    gt = read_ground_truth(gt_file)
+    by_name = {m['metric']: m for m in doc['metrics']}
+    for metric, per_cell in table.items():      # the report's tau is the tau of the mean scores, by hand
+        mean = [np.mean(list(per_cell[c].values())) for c in gt.cells]
+        assert by_name[metric]['tau']['value'] == pytest.approx(stats.kendall_tau(mean, gt.mean), nan_ok=True)
+    taus = [m['tau']['value'] for m in doc['metrics']]
+    assert taus == sorted(taus, key=lambda t: -t if not np.isnan(t) else np.inf)
+    assert doc['ceiling']['value'] == pytest.approx(stats.kendall_tau(gt.acc[:, 0], gt.acc[:, 1]))
+    text = (tmp_path / 'report' / 'report.md').read_text()
+    assert '| `wlm_l0` | 3 |' in text and 'Ground-truth ceiling' in text and "'epochs': 1" not in text
+    assert 'epochs: 1' in text
+
+
+# --- bad input: one line, exit 2, nothing written ------------------------------------------------------
+
+def error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: '), err
+    return err[0]
+
+
+def test_malformed_ground_truth_line(gt_run, tmp_path, capsys):
+    bad = tmp_path / 'gt.jsonl'
+    lines = (gt_run / 'ground_truth.jsonl').read_text().splitlines()
+    bad.write_text('\n'.join(lines[:2] + ['{"candidate": [1, 2], "seed": 0, "test_acc": "high"}'] + lines[2:]) + '\n')
+    (tmp_path / 'report').mkdir()
+    (tmp_path / 'report' / 'report.md').write_text('old')
+    before = snapshot_dir(tmp_path)
+    assert cli_exit_code(report, ['--ground_truth', bad, '--scores', bad, '--out', tmp_path / 'report']) == 2
+    assert 'line 3' in error_line(capsys) and snapshot_dir(tmp_path) == before
+    bad.write_text(lines[0] + '\n{not json\n')
+    assert cli_exit_code(report, ['--ground_truth', bad, '--scores', bad, '--out', tmp_path / 'r2']) == 2
+    assert 'line 2 is not valid JSON' in error_line(capsys) and not (tmp_path / 'r2').exists()
+
+
+def test_candidates_not_in_the_space(tmp_path, capsys):
+    cands = tmp_path / 'cands.txt'
+    cands.write_text('3,6,0,4,4,0,6,6,0,0,0,0,4,3,5,2,0,6,4,0,3,0,6,0,0,5,0,7\n1,1,1,1,1,1,1,1,1,1,1,1,1,1,'
+                     '1,1,1,1,1,1,1,1,1,1,1,1,1,1\n')
+    assert cli_exit_code(ground_truth, [*gt_argv(num_cells=None), '--candidates', cands, '--save', tmp_path / 'gt']) == 2
+    assert 'line 2' in error_line(capsys) and not (tmp_path / 'gt').exists()
+
+
+def test_fewer_than_three_cells(gt_run, tmp_path, capsys):
+    assert cli_exit_code(ground_truth, [*gt_argv(num_cells=2), '--save', tmp_path / 'gt']) == 2
+    assert 'at least 3' in error_line(capsys) and not (tmp_path / 'gt').exists()
+    two = tmp_path / 'two.jsonl'
+    two.write_text(''.join(ln + '\n' for ln in (gt_run / 'ground_truth.jsonl').read_text().splitlines()[:4]))
+    assert cli_exit_code(report, ['--ground_truth', two, '--scores', two, '--out', tmp_path / 'r']) == 2
+    assert 'at least 3' in error_line(capsys) and not (tmp_path / 'r').exists()
+
+
+def test_supernet_of_another_dataset(supernet, gt_run, tmp_path, capsys):
+    other = tmp_path / 'gt.jsonl'
+    lines = [json.loads(ln) for ln in (gt_run / 'ground_truth.jsonl').read_text().splitlines()]
+    other.write_text(''.join(json.dumps({**ln, 'protocol': {**ln['protocol'], 'dataset': 'fashion-mnist'}}) + '\n'
+                             for ln in lines))
+    argv = ['--ground_truth', other, '--model_path', supernet / 'checkpoint_epoch_1.pth.tar', '--metrics', 'acc',
+            '--device', 'cpu', '--save', tmp_path / 'scores']
+    assert cli_exit_code(scores, argv) == 2
+    assert 'trained on synthetic but the ground truth on fashion-mnist' in error_line(capsys)
+    assert not (tmp_path / 'scores').exists()
+
+
+def test_changed_protocol_is_refused(gt_run, capsys):
+    before = snapshot_dir(gt_run)
+    argv = [*gt_argv(epochs=2), '--save', gt_run]
+    assert cli_exit_code(ground_truth, argv) == 2
+    assert '--epochs 1 -> 2' in error_line(capsys) and snapshot_dir(gt_run) == before

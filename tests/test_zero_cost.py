@@ -1,0 +1,118 @@
+"""The zero-cost proxies (evolutionary_search/zero_cost.py) and the new stage-2 metrics against hand
+computations: synflow on a 2-layer linear net, NASWOT on a hand-built activation pattern, grad_norm and
+SNIP by plain autograd, wlm_l0 from its losses."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import genotypes as G
+from evolutionary_search import metrics as M
+from evolutionary_search import zero_cost as Z
+from retrain.model import NetworkCIFAR
+from test_metrics import tiny_data
+from train_supernet.super_model import Network
+from utils import count_parameters
+
+CAND = G.encode(G.GENAS_FLATNESS_CIFAR10)
+
+
+def linear_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2, bias=False))
+
+
+def test_synflow_of_a_two_layer_linear_net_by_hand():
+    net = linear_net()
+    w1, w2 = net[0].weight.detach().abs().double(), net[1].weight.detach().abs().double()
+    # R = 1^T |W2| |W1| 1; dR/dW1 = (1^T |W2|)^T 1^T and dR/dW2 = 1 (|W1| 1)^T, so each layer's
+    # sum of theta * dR/dtheta is R itself: synflow = 2 R
+    r = torch.ones(2, dtype=torch.float64) @ w2 @ w1 @ torch.ones(3, dtype=torch.float64)
+    assert Z.synflow(net, (3,)) == pytest.approx(2 * r.item(), rel=1e-12)
+
+
+def test_naswot_kernel_and_logdet_by_hand():
+    codes = torch.tensor([[1, 0, 1], [1, 1, 0], [0, 0, 1]])
+    # K = units minus Hamming distance: d(0,1) = 2, d(0,2) = 1, d(1,2) = 3
+    kernel = Z.naswot_kernel(codes)
+    assert kernel.tolist() == [[3, 1, 2], [1, 3, 0], [2, 0, 3]]
+    assert Z.naswot_logdet(kernel) == pytest.approx(math.log(12))        # det = 27 - 3 - 12
+    assert Z.naswot_logdet(Z.naswot_kernel(torch.tensor([[1, 0], [1, 0]]))) == -math.inf
+
+
+def test_naswot_reads_the_relu_pattern_of_a_network():
+    lin = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(3))
+    net = nn.Sequential(lin, nn.ReLU())
+    x = torch.tensor([[1., -1., 1.], [1., 1., -1.], [-1., -1., 1.]])      # signs give the pattern above
+    assert Z.naswot(net, x) == pytest.approx(math.log(12))
+    # two ReLUs firing the same pattern add their kernels: log det(2K) = log(8 * 12)
+    assert Z.naswot(nn.Sequential(lin, nn.ReLU(), nn.ReLU()), x) == pytest.approx(math.log(96))
+
+
+def test_grad_norm_and_snip_by_autograd():
+    net = linear_net()
+    x, y = torch.randn(5, 3, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 1, 0, 1])
+    ref = copy.deepcopy(net)
+    loss = nn.functional.cross_entropy(ref(x), y)
+    g1, g2 = torch.autograd.grad(loss, [ref[0].weight, ref[1].weight])
+    assert Z.grad_norm(copy.deepcopy(net), x, y) == pytest.approx((g1.norm() + g2.norm()).item(), rel=1e-6)
+    expected = (ref[0].weight * g1).abs().sum() + (ref[1].weight * g2).abs().sum()
+    assert Z.snip(copy.deepcopy(net), x, y) == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_wlm_l0_formula_by_hand():
+    wlm, poor = M.wlm_l0_from_losses([0.5, 1.0, 1.2, 1.5], [0.001, 0.003, 0.006])
+    assert poor == pytest.approx(0.5 / 0.001 + 0.2 / 0.002 + 0.3 / 0.003)
+    assert wlm == pytest.approx(1 / (700 + 1e-5), rel=1e-12)
+    # the reference's wlm takes L0 = 0: the same losses give 1 / (1.0 / 0.001 + ...)
+    assert M.wlm_from_losses([1.0, 1.2, 1.5], [0.001, 0.003, 0.006])[1] == pytest.approx(1200)
+
+
+@pytest.fixture(scope='module')
+def ctx():
+    torch.manual_seed(1)
+    init = Network(4, 10, 3)
+    torch.manual_seed(2)
+    model = Network(4, 10, 3).eval()
+    return M.ScoringContext(model=model, init_model=init, data=tiny_data(), device=torch.device('cpu'), seed=0,
+                            batch_size=32, test_batch_size=40, max_train_img_size=64, max_val_img_size=96,
+                            wlm_weight=2.0, acc_weight=3.0)
+
+
+def test_wlm_l0_measures_the_clean_loss_and_shares_the_noise_of_wlm(ctx):
+    info = M.score_wlm_l0(ctx, CAND)
+    _, clean = M.recalibrated_accuracy(ctx, CAND, 64, 96)
+    losses = M.perturbed_losses(ctx, CAND)
+    assert info['loss'] == clean and info['losses'] == losses == M.score_wlm(ctx, CAND)['losses']
+    assert info['score'] == M.wlm_l0_from_losses([clean] + losses, ctx.stds)[0]
+    assert info['score'] != M.score_wlm(ctx, CAND)['score']
+
+
+def test_cache_changes_no_score(ctx):
+    cached = copy.copy(ctx)
+    cached.cache = {}
+    for name in M.METRICS:
+        assert M.METRICS[name](cached, CAND) == M.METRICS[name](ctx, CAND), name
+    assert ('wlm', tuple(CAND)) in {k[0][:2] for k in cached.cache}
+
+
+def test_standalone_metrics_use_the_network_at_initialisation(ctx):
+    other = copy.copy(ctx)
+    other.standalone_channels, other.standalone_layers = 6, 4
+    net = NetworkCIFAR(6, 10, 4, False, G.decode(CAND))
+    assert M.score_params(other, CAND)['params'] == count_parameters(net)
+    assert M.score_params(ctx, CAND)['params'] == count_parameters(NetworkCIFAR(4, 10, 3, False, G.decode(CAND)))
+    # seeded by (seed, candidate): the same seed gives the same score, another seed another one
+    reseeded = copy.copy(ctx)
+    reseeded.seed = 1
+    for name in ('synflow', 'naswot', 'grad_norm', 'snip'):
+        a = M.METRICS[name](ctx, CAND)['score']
+        assert M.METRICS[name](ctx, CAND)['score'] == a and math.isfinite(a)
+        assert M.METRICS[name](reseeded, CAND)['score'] != a, name
+    rng_before = torch.get_rng_state()
+    M.score_synflow(ctx, CAND)
+    assert torch.equal(torch.get_rng_state(), rng_before)
