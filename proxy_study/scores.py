@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhe
 import torch  # noqa: E402
 
 import genotypes  # noqa: E402
-from data import load_search_data  # noqa: E402
+from data import inherit_split, load_search_data  # noqa: E402
 from evolutionary_search.metrics import DETERMINISTIC, METRICS, NEEDS_INIT, ScoringContext  # noqa: E402
 from proxy_study.records import read_ground_truth, read_jsonl  # noqa: E402
 from train_supernet.super_model import Network  # noqa: E402
@@ -112,9 +112,9 @@ def build_context(args, gt, device):
     trained = ckpt.get('args', {})
     data_args = argparse.Namespace(
         dataset=trained.get('dataset', ckpt.get('dataset', 'cifar100')), data=args.data or trained.get('data'),
-        download=False, split_data=trained.get('split_data', 1), train_portion=trained.get('train_portion', 0.5),
-        split_seed=trained.get('split_seed', 0), split_file=trained.get('split_file'), train_subset=0,
-        valid_subset=0, random_label=0)
+        download=False, split_data=trained.get('split_data', 1), split=None, train_portion=None, split_seed=None,
+        split_file=None, train_subset=0, valid_subset=0, random_label=0)
+    inherit_split(data_args, trained)       # the supernet's own split (a reference checkpoint: its NB201 file)
     data = load_search_data(data_args).resident(device)
     if data.num_classes != model.num_classes:
         raise UserError(f'{args.model_path} has {model.num_classes} classes but its dataset {data_args.dataset} '
