@@ -30,10 +30,11 @@ from genotypes import GenotypeError  # noqa: E402
 from evolutionary_search.evolution import Evolution, cand_key  # noqa: E402
 from evolutionary_search.metrics import METRICS, NEEDS_INIT, PRECISIONS, ScoringContext  # noqa: E402
 from evolutionary_search.runner import CHECKPOINT, read_search, run_search, score_given  # noqa: E402
-from spaces import SPACE_NAMES, get_space  # noqa: E402
-from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, choose_device, load_checkpoint,  # noqa: E402
-                   load_state_checked, lock_run_dir, locks_released, logger, parse_stds, pop_noop_flags, require,
-                   resolve_run_paths, restarts_from_beginning, run_cli, seed_everything)
+from evolutionary_search.supernet_io import INHERITED, fill_inherited, load_init_supernet, load_supernet  # noqa: E402
+from spaces import SPACE_NAMES  # noqa: E402
+from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, choose_device, lock_run_dir,  # noqa: E402
+                   locks_released, logger, parse_stds, pop_noop_flags, require, resolve_run_paths,
+                   restarts_from_beginning, run_cli, seed_everything)
 
 # Flags that change scores or proposals: a resumed search must use the same values.
 SCORE_FLAGS = ['metric', 'stds', 'seed', 'max_train_img_size', 'max_val_img_size', 'wlm_weight', 'acc_weight',
@@ -41,9 +42,6 @@ SCORE_FLAGS = ['metric', 'stds', 'seed', 'max_train_img_size', 'max_val_img_size
                'population_num', 'select_num', 'mutation_num', 'crossover_num', 'm_prob', 'dataset', 'split_data',
                'split', 'train_portion', 'split_seed', 'split_file', 'random_label', 'train_subset', 'valid_subset',
                'bn_images']
-# Data flags that default to the values the supernet was trained with (stored in stage-1 checkpoints); the
-# split flags too (data.inherit_split).
-INHERITED = {'dataset': 'cifar100', 'data': None, 'split_data': 1}
 SEARCH_OUTPUTS = (CHECKPOINT, 'metrics.jsonl', 'genotype.json')     # what --restart discards
 NOOP_FLAGS = {'cutout': None, 'cutout_length': int}      # reference flags that do nothing in its search either
 
@@ -139,42 +137,6 @@ def parse_args(argv=None):
     return resolve_run_paths(args, CHECKPOINT, f'search-{args.metric}')
 
 
-def checkpoint_space(ckpt, args, path):
-    """The space a checkpoint records (reference checkpoints record none: DARTS), checked against --space."""
-    saved = ckpt.get('space') or ckpt.get('args', {}).get('space')
-    if saved and args.space and saved != args.space:
-        raise UserError(f'{path} holds a {saved} supernet, not {args.space}; drop --space or pass a {args.space} '
-                        'checkpoint')
-    return get_space(saved or args.space or 'darts')
-
-
-def load_supernet(path, args, inside='checkpoint_epoch_*.pth.tar'):
-    """A supernet from a stage-1 or reference checkpoint; returns (model, the checkpoint dict without weights,
-    space). `inside`: the file expected when `path` is a stage-1 run directory."""
-    ckpt = load_checkpoint(path, inside=inside)
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not any(k.endswith('classifier.weight') for k in state):
-        raise UserError(f'{path} is not a supernet checkpoint (no state_dict with classifier weights)')
-    space = checkpoint_space(ckpt, args, path)
-    C = args.init_channels or ckpt.get('init_channels')
-    layers = args.layers or ckpt.get('layers')
-    if C is None or layers is None:
-        raise UserError(f'{path} does not record the supernet shape (a reference checkpoint?); '
-                        'pass --init_channels 16 --layers 8 (the reference\'s) or the values it was trained with')
-    num_classes = next(v for k, v in state.items() if k.endswith('classifier.weight')).shape[0]
-    model = space.build_supernet(C, num_classes, layers)
-    load_state_checked(model, state, path)
-    return model, {k: v for k, v in ckpt.items() if k not in ('state_dict', 'optimizer')}, space
-
-
-def fill_inherited(args, trained_args):
-    """Data flags not given take the supernet's own values (so the search scores on its valid part)."""
-    for k, fallback in INHERITED.items():
-        if getattr(args, k) is None:
-            setattr(args, k, trained_args.get(k, fallback))
-    inherit_split(args, trained_args)
-
-
 def trained_split(meta, args, n):
     """(digest, description) of the train part the supernet was trained on, or None where unknown: recorded
     by stage 1; derived from the args of older stage-1 checkpoints; for a reference checkpoint (no args) the
@@ -221,9 +183,7 @@ def build_context(args, device, notes=None):
         if not args.init_model_path:
             raise UserError(f'--metric {args.metric} needs --init_model_path '
                             '(the checkpoint_epoch_0.pth.tar of stage 1)')
-        init_model, _, _ = load_supernet(args.init_model_path, args, inside='checkpoint_epoch_0.pth.tar')
-        if init_model._C != model._C or init_model._layers != model._layers:
-            raise UserError('--init_model_path and --model_path hold supernets of different shapes')
+        init_model = load_init_supernet(args.init_model_path, args, model)
     fill_inherited(args, meta.get('args', {}))
     data = load_search_data(args)
     check_split(args, meta, data, notes if notes is not None else [])

@@ -1,10 +1,11 @@
 """Which cells a study uses: a seeded uniform sample of valid candidates, a --candidates file, or named
-genotypes (--arch), in that order, without duplicates."""
-import random
+cells (--arch), in that order, without duplicates; in the DARTS space (default) or another search space."""
 from dataclasses import dataclass
 from pathlib import Path
 
-import genotypes
+from genotypes import GenotypeError
+from spaces import get_space
+from spaces.darts import uniform_candidate  # noqa: F401 (named here before it moved to the space)
 from utils import UserError
 
 MIN_CELLS = 3           # Kendall's tau and a bootstrap need at least three cells
@@ -13,35 +14,18 @@ MIN_CELLS = 3           # Kendall's tau and a bootstrap need at least three cell
 @dataclass(frozen=True)
 class Cell:
     name: str               # 'sample 3', 'line 7 of cands.txt', or the genotype name
-    candidate: tuple        # the 28 op codes
+    candidate: tuple        # the op codes (28 for DARTS, 6 for NB201)
 
 
-def uniform_candidate(rng):
-    """A candidate drawn uniformly from the valid 28-int candidates: for every node of both cells, two of
-    its incoming edges uniformly (all pairs equally likely), each with an op uniform over the 7 that are
-    not `none`. (The SPOS sampler `genotypes.random_candidate` repairs uniform codes instead, which
-    favours some edge pairs.)"""
-    codes = []
-    for _ in range(2):
-        for start, end in genotypes.NODE_SLICES:
-            kept = set(rng.sample(range(start, end), 2))
-            codes += [rng.randint(1, len(genotypes.PRIMITIVES) - 1) if e in kept else 0 for e in range(start, end)]
-    return tuple(genotypes.check_valid(codes))
+def sample_cells(n, seed, space=None):
+    """n distinct candidates drawn uniformly from the valid ones of `space` (default DARTS), seeded."""
+    return [Cell(f'sample {i}', tuple(c)) for i, c in enumerate((space or get_space()).uniform_sample(n, seed))]
 
 
-def sample_cells(n, seed):
-    """n distinct uniform candidates from random.Random(seed); a larger n extends the same list."""
-    rng, seen, cells = random.Random(seed), set(), []
-    while len(cells) < n:
-        cand = uniform_candidate(rng)
-        if cand not in seen:
-            seen.add(cand)
-            cells.append(Cell(f'sample {len(cells)}', cand))
-    return cells
-
-
-def read_candidates_file(path):
-    """One candidate per line (28 ints, commas or spaces; blank lines and # comments skipped)."""
+def read_candidates_file(path, space=None):
+    """One candidate per line in the space's notation (DARTS: 28 ints, commas or spaces; NB201: 6 ints or an
+    arch string); blank lines and # comments skipped."""
+    space = space or get_space()
     try:
         lines = Path(path).read_text().splitlines()
     except OSError as e:
@@ -51,30 +35,31 @@ def read_candidates_file(path):
         text = line.split('#')[0]
         if text.strip():
             try:
-                cells.append(Cell(f'line {n} of {Path(path).name}', tuple(genotypes.parse_candidate(text))))
-            except genotypes.GenotypeError as e:
-                raise UserError(f'--candidates {path} line {n} is not a cell of the search space ({e}); '
-                                'fix or remove that line')
+                cells.append(Cell(f'line {n} of {Path(path).name}', tuple(space.parse(text))))
+            except GenotypeError as e:
+                raise UserError(f'--candidates {path} line {n} is not a cell of the {space.name} search space '
+                                f'({e}); fix or remove that line')
     return cells
 
 
-def named_cells(names):
+def named_cells(names, space=None):
+    """--arch values: DARTS named genotypes or genotype .json files; NB201 arch strings or 6 ints."""
+    space = space or get_space()
     cells = []
     for arch in names:
-        cand = genotypes.try_encode(genotypes.resolve_genotype(arch))
-        if cand is None:
-            raise UserError(f'--arch {arch} is not in the 28-int DARTS search space (5-node cell or an op outside '
-                            'the 8 primitives); leave it out')
-        cells.append(Cell(arch, tuple(cand)))
+        try:
+            cells.append(Cell(arch, tuple(space.resolve_arch(arch))))
+        except GenotypeError as e:
+            raise UserError(f'{e}; leave it out')
     return cells
 
 
-def select_cells(num_cells=0, sample_seed=0, candidates=None, arch=()):
+def select_cells(num_cells=0, sample_seed=0, candidates=None, arch=(), space=None):
     """The study's cells: sample, then file, then names; a candidate seen before is skipped."""
-    cells = sample_cells(num_cells, sample_seed) if num_cells else []
+    cells = sample_cells(num_cells, sample_seed, space) if num_cells else []
     if candidates:
-        cells += read_candidates_file(candidates)
-    cells += named_cells(arch or [])
+        cells += read_candidates_file(candidates, space)
+    cells += named_cells(arch or [], space)
     unique, seen = [], set()
     for c in cells:
         if c.candidate not in seen:
@@ -86,10 +71,10 @@ def select_cells(num_cells=0, sample_seed=0, candidates=None, arch=()):
     return unique
 
 
-def add_cell_args(parser):
+def add_cell_args(parser, notation='28 ints (DARTS)', names='named genotype or genotype .json'):
     g = parser.add_argument_group('cells (combined: sample, then file, then names)')
     g.add_argument('--num_cells', type=int, default=0, help='N cells drawn uniformly from the valid candidates')
-    g.add_argument('--sample_seed', type=int, default=0, help='seed of that sample (a larger N extends it)')
-    g.add_argument('--candidates', default=None, help='file of 28-int candidates, one per line')
-    g.add_argument('--arch', action='append', default=None, help='named genotype or genotype .json (repeatable)')
+    g.add_argument('--sample_seed', type=int, default=0, help='seed of that sample')
+    g.add_argument('--candidates', default=None, help=f'file of candidates, one per line: {notation}')
+    g.add_argument('--arch', action='append', default=None, help=f'{names} (repeatable)')
     return g

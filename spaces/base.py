@@ -17,6 +17,11 @@ class SearchSpace:
         """The SPOS path sampler: a uniformly drawn valid candidate (`rng` a random.Random)."""
         raise NotImplementedError
 
+    def uniform_sample(self, n, seed):
+        """n distinct candidates drawn uniformly from the valid ones, seeded (the proxy study's sample: unlike
+        random_candidate, every valid cell equally likely)."""
+        raise NotImplementedError
+
     def mutate(self, candidate, rng, m_prob):
         """Each edge re-drawn with probability m_prob; always a valid candidate."""
         raise NotImplementedError

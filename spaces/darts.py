@@ -1,6 +1,8 @@
 """The DARTS space behind the SearchSpace interface: today's genotypes.py, operations.py and
 train_supernet/super_model.py, unchanged; this module adds the angle-vector layout (SPEC section 4)."""
 
+import random
+
 import torch
 
 import genotypes
@@ -76,6 +78,32 @@ def angle_vector(model, candidate):
 
 # --- the space -----------------------------------------------------------------------------------
 
+# --- uniform sampling (the proxy study) ---------------------------------------------------------------
+
+def uniform_candidate(rng):
+    """A candidate drawn uniformly from the valid 28-int candidates: for every node of both cells, two of
+    its incoming edges uniformly (all pairs equally likely), each with an op uniform over the 7 that are
+    not `none`. (The SPOS sampler `genotypes.random_candidate` repairs uniform codes instead, which
+    favours some edge pairs.)"""
+    codes = []
+    for _ in range(2):
+        for start, end in NODE_SLICES:
+            kept = set(rng.sample(range(start, end), 2))
+            codes += [rng.randint(1, len(PRIMITIVES) - 1) if e in kept else 0 for e in range(start, end)]
+    return genotypes.check_valid(codes)
+
+
+def uniform_sample(n, seed):
+    """n distinct uniform candidates from random.Random(seed); a larger n extends the same list."""
+    rng, seen, cells = random.Random(seed), set(), []
+    while len(cells) < n:
+        cand = uniform_candidate(rng)
+        if tuple(cand) not in seen:
+            seen.add(tuple(cand))
+            cells.append(cand)
+    return cells
+
+
 class DartsSpace(SearchSpace):
     """28 ints (normal 14, reduce 14), repaired so every node keeps two inputs (SPEC section 1)."""
     name = 'darts'
@@ -85,6 +113,9 @@ class DartsSpace(SearchSpace):
 
     def random_candidate(self, rng):
         return genotypes.random_candidate(rng)
+
+    def uniform_sample(self, n, seed):
+        return uniform_sample(n, seed)
 
     def mutate(self, candidate, rng, m_prob):
         cand = list(candidate)

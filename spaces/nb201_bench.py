@@ -30,6 +30,7 @@ DATASETS = {'cifar10': 'cifar10', 'cifar100': 'cifar100', 'imagenet16-120': 'Ima
 # The benchmark's name of the split that holds each dataset's test accuracy.
 TEST_SPLIT = {'cifar10': 'ori-test', 'cifar100': 'x-test', 'ImageNet16-120': 'x-test'}
 FOLDER_NAME = 'NATS-tss-v1_0-3ffb9-simple'
+CHANNELS, LAYERS = 16, 5    # the benchmark's network: C = 16, N = 5 cells per stage
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,15 @@ class Benchmark:
         except AssertionError:          # fast mode asserts that the cell's file exists
             raise UserError(f'{self.folder} has no record of cell {index} ({self.api.meta_archs[index]}); the '
                             f'full {FOLDER_NAME} folder has all {nb201.NUM_CELLS}')
+
+    def has_record(self, candidate):
+        """Whether the folder holds the cell's record (the full folder holds all; a partial copy, such as the
+        tests' fixture, does not)."""
+        try:
+            self._results(self.index.index(candidate))
+        except UserError:
+            return False
+        return True
 
     def record(self, candidate, dataset):
         """GroundTruth of one cell (6 ints) on one dataset."""

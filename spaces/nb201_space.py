@@ -19,6 +19,9 @@ class NB201Space(SearchSpace):
     def random_candidate(self, rng):
         return nb201.random_candidate(rng)
 
+    def uniform_sample(self, n, seed):
+        return nb201.sample_candidates(n, seed)
+
     def mutate(self, candidate, rng, m_prob):
         return nb201.mutate(candidate, rng, m_prob)
 

@@ -1,0 +1,64 @@
+"""Loading a trained supernet for scoring: the one loader of stage 2 and the proxy study.
+
+    model, meta, space = load_supernet('runs/supernet-c100/checkpoint_epoch_250.pth.tar', args)
+    init_model = load_init_supernet(args.init_model_path, args, model)      # the angle metrics
+    fill_inherited(data_args, meta.get('args', {}))                          # score on the supernet's split
+
+`args` needs `space` (None: the checkpoint's), `init_channels` and `layers` (None: the checkpoint's; a
+reference checkpoint records neither). Stage-1 checkpoints record their space; reference checkpoints
+do not and hold DARTS supernets.
+"""
+from data import inherit_split
+from spaces import get_space
+from utils import UserError, load_checkpoint, load_state_checked
+
+# Data flags that default to the values the supernet was trained with (stored in stage-1 checkpoints),
+# with the value assumed for checkpoints that do not record them (the reference trains on CIFAR-100).
+INHERITED = {'dataset': 'cifar100', 'data': None, 'split_data': 1}
+
+
+def checkpoint_space(ckpt, args, path):
+    """The space a checkpoint records (reference checkpoints record none: DARTS), checked against --space."""
+    saved = ckpt.get('space') or ckpt.get('args', {}).get('space')
+    if saved and args.space and saved != args.space:
+        raise UserError(f'{path} holds a {saved} supernet, not {args.space}; drop --space or pass a {args.space} '
+                        'checkpoint')
+    return get_space(saved or args.space or 'darts')
+
+
+def load_supernet(path, args, inside='checkpoint_epoch_*.pth.tar'):
+    """A supernet from a stage-1 or reference checkpoint; returns (model, the checkpoint dict without weights,
+    space). `inside`: the file expected when `path` is a stage-1 run directory."""
+    ckpt = load_checkpoint(path, inside=inside)
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not any(k.endswith('classifier.weight') for k in state):
+        raise UserError(f'{path} is not a supernet checkpoint (no state_dict with classifier weights)')
+    space = checkpoint_space(ckpt, args, path)
+    C = args.init_channels or ckpt.get('init_channels')
+    layers = args.layers or ckpt.get('layers')
+    if C is None or layers is None:
+        raise UserError(f'{path} does not record the supernet shape (a reference checkpoint?); '
+                        'pass --init_channels 16 --layers 8 (the reference\'s) or the values it was trained with')
+    num_classes = next(v for k, v in state.items() if k.endswith('classifier.weight')).shape[0]
+    model = space.build_supernet(C, num_classes, layers)
+    load_state_checked(model, state, path)
+    return model, {k: v for k, v in ckpt.items() if k not in ('state_dict', 'optimizer')}, space
+
+
+def load_init_supernet(path, args, model):
+    """The supernet before training (checkpoint_epoch_0.pth.tar) that the angle metrics compare `model`
+    with; it must be of the same space and shape."""
+    init_model, _, space = load_supernet(path, args, inside='checkpoint_epoch_0.pth.tar')
+    if (type(init_model) is not type(model) or init_model.init_channels != model.init_channels
+            or init_model.num_layers != model.num_layers):
+        raise UserError(f'--init_model_path {path} and --model_path hold supernets of different spaces or shapes; '
+                        'pass the checkpoint_epoch_0.pth.tar of the same stage-1 run')
+    return init_model
+
+
+def fill_inherited(args, trained_args):
+    """Data flags not given (None) take the supernet's own values, so that scoring uses its valid part."""
+    for k, fallback in INHERITED.items():
+        if getattr(args, k) is None:
+            setattr(args, k, trained_args.get(k, fallback))
+    inherit_split(args, trained_args)

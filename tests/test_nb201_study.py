@@ -1,0 +1,102 @@
+"""The proxy study over NAS-Bench-201 (proxy_study/nb201.py), end to end on a tiny NB201 supernet of stage 1
+(generated data) against the NATS-Bench test folder's records of cells 0, 11 and 284 (CPU, seconds)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from conftest import cli_exit_code, snapshot_dir
+from proxy_study import nb201 as study
+from proxy_study.records import read_scores
+from train_supernet import train
+
+pytest.importorskip('nats_bench')
+
+FAKE = Path(__file__).resolve().parent / 'fixtures' / 'nats-tss-fake' / 'NATS-tss-v1_0-3ffb9-simple'
+# Cells 0, 11 and 284 of the benchmark, and the 200-epoch test accuracy (%) the API reports for each, mean over
+# seeds, on each dataset's test split (tests/test_nb201_bench.py reads the same values).
+CELLS = ['4,2,1,2,1,1', '|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~0|nor_conv_3x3~1|avg_pool_3x3~2|',
+         '1,1,1,0,2,0']
+ACC = {'cifar10': [85.86, 91.58, 88.79], 'cifar100': [52.91, 67.61, 62.14], 'ImageNet16-120': [26.63, 30.17, 32.47]}
+SPLIT = {'cifar10': 'ori-test', 'cifar100': 'x-test', 'ImageNet16-120': 'x-test'}
+NO_RECORD = '3,3,4,1,3,1'                   # benchmark index 1: not in the test folder
+METRICS = 'angle,acc,wlm,angle+wlm,params,synflow'
+TINY_SUPERNET = ['--space', 'nb201', '--dataset', 'synthetic', '--init_channels', 4, '--layers', 1,
+                 '--batch_size', 32, '--train_subset', 128, '--valid_subset', 64, '--valid_bn_images', 32,
+                 '--seed', 1, '--epochs', 1, '--device', 'cpu']
+
+
+@pytest.fixture(scope='module')
+def supernet(tmp_path_factory):
+    run = tmp_path_factory.mktemp('nb201study') / 'supernet'
+    train.main(train.parse_args([str(a) for a in TINY_SUPERNET + ['--save', run]]))
+    return run
+
+
+def argv(supernet, save, *extra):
+    return [str(a) for a in ['--bench_dir', FAKE, '--model_path', supernet / 'checkpoint_epoch_1.pth.tar',
+                             '--init_model_path', supernet / 'checkpoint_epoch_0.pth.tar', '--metrics', METRICS,
+                             '--max_train_img_size', 32, '--max_val_img_size', 64, '--batch_size', 32,
+                             '--standalone_channels', 4, '--standalone_layers', 1, '--resamples', 1000,
+                             '--device', 'cpu', '--save', save, *extra]]
+
+
+def cells_file(tmp_path, cells):
+    path = tmp_path / 'cells.txt'
+    path.write_text('# benchmark cells\n' + '\n'.join(cells) + '\n')
+    return path
+
+
+def test_study_reports_the_rank_correlations_of_the_written_scores_per_dataset(supernet, tmp_path, capsys):
+    save = tmp_path / 'study'
+    args = argv(supernet, save, '--candidates', cells_file(tmp_path, CELLS[:2] + [NO_RECORD]), '--arch', CELLS[2],
+                '--skip_missing', '--datasets', 'cifar10,cifar100,imagenet16-120')
+    docs = study.main(study.parse_args(args))
+    assert set(docs) == set(ACC)
+    table = read_scores(save / 'scores' / 'scores.jsonl')
+    assert set(table) == set(METRICS.split(','))
+    cands = [(4, 2, 1, 2, 1, 1), (3, 3, 4, 0, 3, 4), (1, 1, 1, 0, 2, 0)]
+    for dataset, doc in docs.items():
+        gt = [json.loads(ln) for ln in (save / f'ground_truth_{dataset}.jsonl').read_text().splitlines()]
+        assert [(tuple(g['candidate']), g['index'], round(100 * g['test_acc'], 2)) for g in gt] == list(
+            zip(cands, [0, 11, 284], ACC[dataset]))
+        assert gt[0]['protocol']['split'] == SPLIT[dataset] and gt[0]['protocol']['epochs'] == 200
+        assert gt[0]['protocol']['cells_without_record_left_out'] == 1
+        by_metric = {m['metric']: m for m in doc['metrics']}
+        for metric, per_cell in table.items():          # by hand: the mean over scoring seeds vs the benchmark
+            score = [np.mean(list(per_cell[c].values())) for c in cands]
+            tau = sps.kendalltau(score, ACC[dataset]).statistic
+            rho = sps.spearmanr(score, ACC[dataset]).statistic
+            assert by_metric[metric]['cells'] == 3
+            assert by_metric[metric]['tau']['value'] == pytest.approx(tau, nan_ok=True)
+            assert by_metric[metric]['rho']['value'] == pytest.approx(rho, nan_ok=True)
+        text = (save / f'report_{dataset}' / 'report.md').read_text()
+        assert f'{dataset} ({SPLIT[dataset]})' in text and f'split `{SPLIT[dataset]}`' in text
+        assert '200-epoch' in text and 'is_random=False' in text and (save / f'report_{dataset}' / 'taus.png').exists()
+    assert '# NAS-Bench-201 proxy study, ImageNet16-120 (x-test)' in capsys.readouterr().out
+    before = (save / 'scores' / 'scores.jsonl').read_bytes()
+    study.main(study.parse_args(args))                     # resumes: nothing left to score
+    assert (save / 'scores' / 'scores.jsonl').read_bytes() == before
+
+
+def error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('error: '), err
+    return err[0]
+
+
+def test_bad_input_is_one_clear_error_and_writes_nothing(supernet, tmp_path, capsys):
+    cells = cells_file(tmp_path, CELLS + [NO_RECORD])
+    before = snapshot_dir(tmp_path)
+    assert cli_exit_code(study, argv(supernet, tmp_path / 's', '--candidates', cells, '--datasets', 'cifar10')) == 2
+    assert 'holds no record of 1 of the 4 cells (e.g. benchmark index 1,' in error_line(capsys)
+    assert cli_exit_code(study, argv(supernet, tmp_path / 's', '--candidates', cells)) == 2
+    assert 'trained on synthetic, which NAS-Bench-201 holds no ground truth of; pass --datasets' in error_line(capsys)
+    assert cli_exit_code(study, argv(supernet, tmp_path / 's', '--arch', CELLS[0], '--arch', NO_RECORD,
+                                     '--arch', '2,2,2,2,2,2', '--skip_missing', '--datasets', 'cifar10')) == 2
+    assert 'holds records of 1 of the 3 cells; a rank correlation needs 3' in error_line(capsys)
+    assert cli_exit_code(study, argv(supernet, tmp_path / 's', '--arch', 'DARTS_V2', '--datasets', 'cifar10')) == 2
+    assert error_line(capsys).startswith('error: --arch DARTS_V2 is not an NB201 cell')
+    assert snapshot_dir(tmp_path) == before
