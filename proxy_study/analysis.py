@@ -124,8 +124,9 @@ def markdown(gt, ceiling, results, args, settings, title=None, source=None):
     acc = gt.acc
     lines += ['', '## Ground truth', '',
               f'Mean test accuracy over cells {acc.mean():.4f} (range of cell means {gt.mean.min():.4f} .. '
-              f'{gt.mean.max():.4f}, std {gt.mean.std():.4f}); mean std between the seeds of a cell '
-              f'{acc.std(axis=1).mean() if acc.shape[1] > 1 else float("nan"):.4f}.', '',
+              f'{gt.mean.max():.4f}, std {gt.mean.std():.4f})'
+              + (f'; mean std between the seeds of a cell {acc.std(axis=1).mean():.4f}.' if acc.shape[1] > 1 else '.'),
+              '',
               '## Protocol', '', f'Ground truth: `{args.ground_truth}`', '']
     lines += [f'- {k}: {v}' for k, v in (gt.protocol or {'(not recorded)': ''}).items()]
     lines += ['', f'Scores: `{args.scores}`', '']

@@ -1,6 +1,7 @@
 """The proxy study over NAS-Bench-201 (proxy_study/nb201.py), end to end on a tiny NB201 supernet of stage 1
 (generated data) against the NATS-Bench test folder's records of cells 0, 11 and 284 (CPU, seconds)."""
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ CELLS = ['4,2,1,2,1,1', '|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|none~
 ACC = {'cifar10': [85.86, 91.58, 88.79], 'cifar100': [52.91, 67.61, 62.14], 'ImageNet16-120': [26.63, 30.17, 32.47]}
 SPLIT = {'cifar10': 'ori-test', 'cifar100': 'x-test', 'ImageNet16-120': 'x-test'}
 NO_RECORD = '3,3,4,1,3,1'                   # benchmark index 1: not in the test folder
-METRICS = 'angle,acc,wlm,angle+wlm,params,synflow'
+METRICS = 'angle,acc,wlm,synflow'            # the supernet's weights, its BN / loss, a stand-alone network
 TINY_SUPERNET = ['--space', 'nb201', '--dataset', 'synthetic', '--init_channels', 4, '--layers', 1,
                  '--batch_size', 32, '--train_subset', 128, '--valid_subset', 64, '--valid_bn_images', 32,
                  '--seed', 1, '--epochs', 1, '--device', 'cpu']
@@ -67,8 +68,10 @@ def test_study_reports_the_rank_correlations_of_the_written_scores_per_dataset(s
         by_metric = {m['metric']: m for m in doc['metrics']}
         for metric, per_cell in table.items():          # by hand: the mean over scoring seeds vs the benchmark
             score = [np.mean(list(per_cell[c].values())) for c in cands]
-            tau = sps.kendalltau(score, ACC[dataset]).statistic
-            rho = sps.spearmanr(score, ACC[dataset]).statistic
+            with warnings.catch_warnings():                 # a metric constant on 3 cells: NaN, as the report's
+                warnings.simplefilter('ignore')
+                tau = sps.kendalltau(score, ACC[dataset]).statistic
+                rho = sps.spearmanr(score, ACC[dataset]).statistic
             assert by_metric[metric]['cells'] == 3
             assert by_metric[metric]['tau']['value'] == pytest.approx(tau, nan_ok=True)
             assert by_metric[metric]['rho']['value'] == pytest.approx(rho, nan_ok=True)
@@ -77,7 +80,7 @@ def test_study_reports_the_rank_correlations_of_the_written_scores_per_dataset(s
         assert '200-epoch' in text and 'is_random=False' in text and (save / f'report_{dataset}' / 'taus.png').exists()
     assert '# NAS-Bench-201 proxy study, ImageNet16-120 (x-test)' in capsys.readouterr().out
     before = (save / 'scores' / 'scores.jsonl').read_bytes()
-    study.main(study.parse_args(args))                     # resumes: nothing left to score
+    study.main(study.parse_args(args[:-1] + ['cifar10']))     # resumes: nothing left to score
     assert (save / 'scores' / 'scores.jsonl').read_bytes() == before
 
 
