@@ -10,7 +10,9 @@ from scipy import stats as sps
 
 from conftest import cli_exit_code, snapshot_dir
 from proxy_study import nb201 as study
+from proxy_study.cells import select_cells
 from proxy_study.records import read_scores
+from spaces import get_space, nb201
 from train_supernet import train
 
 pytest.importorskip('nats_bench')
@@ -48,6 +50,16 @@ def cells_file(tmp_path, cells):
     path = tmp_path / 'cells.txt'
     path.write_text('# benchmark cells\n' + '\n'.join(cells) + '\n')
     return path
+
+
+def test_cells_come_from_a_seeded_sample_a_file_and_arch_strings(tmp_path):
+    space = get_space('nb201')
+    cells = select_cells(4, 7, cells_file(tmp_path, CELLS[:2]), [CELLS[2], CELLS[0]], space)
+    sample = [tuple(c) for c in nb201.sample_candidates(4, 7)]
+    assert [c.candidate for c in cells] == sample + [(4, 2, 1, 2, 1, 1), (3, 3, 4, 0, 3, 4), (1, 1, 1, 0, 2, 0)]
+    assert select_cells(4, 7, space=space) == select_cells(4, 7, space=space)[:4]          # seeded
+    everything = select_cells(nb201.NUM_CELLS, 0, space=space)
+    assert len({c.candidate for c in everything}) == nb201.NUM_CELLS == 15625
 
 
 def test_study_reports_the_rank_correlations_of_the_written_scores_per_dataset(supernet, tmp_path, capsys):
