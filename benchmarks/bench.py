@@ -216,42 +216,42 @@ def _run(cmd, env=None):
     return proc
 
 
+def _timed_search(n, supernet, save, device, s):
+    """(seconds, {candidate: score}) of one wlm search generation under `torchrun --nproc_per_node=n`."""
+    import os
+    cmd = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}', 'evolutionary_search/search.py',
+           '--model_path', supernet, '--metric', 'wlm', '--max_epochs', 1, '--population_num', s['population'],
+           '--select_num', 1, '--mutation_num', 0, '--crossover_num', 0, '--max_train_img_size', s['bn_images'],
+           '--max_val_img_size', s['val_images'], '--test_batch_size', s['test_batch'], '--device', device,
+           '--save', save]
+    t0 = time.perf_counter()
+    _run(cmd, env={'CUDA_VISIBLE_DEVICES': '0', 'OMP_NUM_THREADS': str(max(1, (os.cpu_count() or 1) // n))})
+    seconds = time.perf_counter() - t0
+    doc = json.loads((save / 'search_checkpoint.json').read_text())
+    return seconds, {k: v['score'] for k, v in doc['evolution']['scores'].items()}
+
+
 def bench_search_ranks(ranks, device, tiny):
     """Wall time of the same search (one generation of wlm scoring) under `torchrun --nproc_per_node=N` for each N
     in `ranks`, every rank on GPU 0 (CUDA_VISIBLE_DEVICES=0): several processes fill a GPU that one C=16 path at
     batch 512 leaves mostly idle. Each process gets cores / N threads. Also checks that every run scored every
-    candidate the same (max relative difference)."""
-    import os
+    candidate the same (max relative difference to the first run)."""
     import tempfile
     s = search_ranks_settings(tiny)
-    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         _run(['train_supernet/train.py', '--dataset', 'synthetic', '--init_channels', s['C'], '--layers', s['layers'],
               '--epochs', 1, '--train_subset', 256, '--valid_bn_images', 64, '--device', device, '--save',
               tmp / 'supernet'], env={'CUDA_VISIBLE_DEVICES': '0'})
-        results, scores = {}, {}
-        for n in ranks:
-            save = tmp / f'search-{n}'
-            cmd = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}', 'evolutionary_search/search.py',
-                   '--model_path', tmp / 'supernet' / 'checkpoint_epoch_1.pth.tar', '--metric', 'wlm',
-                   '--max_epochs', 1, '--population_num', s['population'], '--select_num', 1, '--mutation_num', 0,
-                   '--crossover_num', 0, '--max_train_img_size', s['bn_images'], '--max_val_img_size', s['val_images'],
-                   '--test_batch_size', s['test_batch'], '--device', device, '--save', save]
-            t0 = time.perf_counter()
-            _run(cmd, env={'CUDA_VISIBLE_DEVICES': '0', 'OMP_NUM_THREADS': str(max(1, cores // n))})
-            seconds = time.perf_counter() - t0
-            doc = json.loads((save / 'search_checkpoint.json').read_text())
-            scores[n] = {k: v['score'] for k, v in doc['evolution']['scores'].items()}
-            results[f'ranks_{n}'] = {'seconds': seconds, 'candidates_per_s': s['population'] / seconds,
-                                     'speedup_vs_1': None}
-        base = results[f'ranks_{ranks[0]}']['seconds']
-        for n in ranks:
-            results[f'ranks_{n}']['speedup_vs_1'] = base / results[f'ranks_{n}']['seconds']
-        first = scores[ranks[0]]
-        diff = max(abs(sc[k] - first[k]) / max(abs(first[k]), 1e-12) for sc in scores.values() for k in first)
+        runs = {n: _timed_search(n, tmp / 'supernet' / 'checkpoint_epoch_1.pth.tar', tmp / f'search-{n}', device, s)
+                for n in ranks}
+    base, first = runs[ranks[0]]
+    results = {f'ranks_{n}': {'seconds': sec, 'candidates_per_s': s['population'] / sec,
+                              f'speedup_vs_{ranks[0]}': base / sec} for n, (sec, _) in runs.items()}
+    diff = max(abs(sc[k] - first[k]) / max(abs(first[k]), 1e-12) for _, sc in runs.values() for k in first)
+    where = 'every rank on GPU 0' if device == 'cuda' else 'CPU processes (a check of the script, not a measurement)'
     return {'device': device, 'settings': s, 'results': results, 'max_relative_score_difference': diff,
-            'note': 'wall time of the whole torchrun command (start-up included), every rank on GPU 0'}
+            'note': f'wall time of the whole torchrun command (start-up included), {where}'}
 
 
 def parse_ranks(text):
