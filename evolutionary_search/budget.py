@@ -58,11 +58,16 @@ class Budget:
 
     def describe(self):
         """The network the costs are measured on, in words (logged and written to genotype.json)."""
-        return (f'the {self.space.name} {self.network} network of stage 3 at C={self.channels}, {self.layers} cells, '
+        return (f'the {self.space.name} {self.network} network at C={self.channels}, {self.layers} cells, '
                 f'{self.num_classes} classes, one {"x".join(map(str, self.input_shape))} image, no auxiliary head')
 
     def limits(self):
         return {'flops_limit': self.flops_limit, 'params_limit': self.params_limit, 'network': self.describe()}
+
+    def __str__(self):
+        named = [f'multiply-adds <= {millions(self.flops_limit)}' if self.flops_limit is not None else '',
+                 f'parameters <= {millions(self.params_limit)}' if self.params_limit is not None else '']
+        return f'{" and ".join(filter(None, named))} on {self.describe()}'
 
     def measure(self, candidate):
         """{'macs', 'params'} of the candidate's network. Built under a forked RNG: measuring never changes the

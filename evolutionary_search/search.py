@@ -268,8 +268,7 @@ def build_budget(args, ctx, notes):
     budget = make_budget(args, ctx.space, ctx.model.num_classes, tuple(ctx.data.train.images.shape[-2:]))
     if budget is not None:
         budget.check_reachable()
-        notes.append(f'cost limits: multiply-adds {args.flops_limit}, parameters {args.params_limit}, measured on '
-                     f'{budget.describe()}')
+        notes.append(f'cost limits: {budget}')
     return budget
 
 

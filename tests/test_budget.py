@@ -117,6 +117,14 @@ def test_random_start_gives_up_after_bounded_tries():
     assert sum(budget.measured.values()) == len(budget.measured) <= 100
 
 
+def test_given_cells_over_a_limit_are_not_scored_either():
+    cheap, dear = DARTS.cheapest_candidate(), G.encode(G.GENAS_FLATNESS_CIFAR100)     # 0 and 11 convolutions
+    notes = []
+    kept = search.within_budget([('cheap', cheap), ('dear', dear)], CountingBudget(limit=9), notes)
+    assert kept == [('cheap', cheap)] and notes == ['dear not scored: 11 > 9']
+    assert search.within_budget([('dear', dear)], None, notes) == [('dear', dear)]
+
+
 # --- the CLI --------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
