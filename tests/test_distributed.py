@@ -105,3 +105,13 @@ def test_distributed_scoring_of_given_cells(ddp_supernet, tmp_path):
     single = run_script('evolutionary_search/search.py', *ckpts(ddp_supernet), *SEARCH, '--arch', 'PDARTS',
                         '--save', tmp_path / 'one')
     assert json.loads(single.stdout.splitlines()[-1])['score'] == pytest.approx(lines[2]['score'], rel=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message where no GPU is visible')
+def test_bench_search_ranks_checks_its_arguments_without_a_gpu():
+    """The GPU benchmark of ranks per GPU (run it where a GPU is lent) fails here with one line, as does a bad
+    list of process counts."""
+    for argv, message in ((['--search_ranks', '1,2,4'], 'no CUDA device is visible'),
+                          (['--search_ranks', '0,2', '--device', 'cpu'], 'process counts such as 1,2,4')):
+        proc = run_script('benchmarks/bench.py', *argv, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
