@@ -373,17 +373,23 @@ def set_rng_state(state):
 
 # --- devices and torchrun ---------------------------------------------------------------------------
 
-def choose_device(name='auto', local_rank=0):
-    """--device auto|cpu|cuda -> torch.device (auto = cuda when available)."""
+def choose_device(name='auto', local_rank=0, share=False):
+    """--device auto|cpu|cuda -> torch.device (auto = cuda when available). The process of local rank r takes
+    GPU r; with `share` (processes that exchange only small objects, as the search's ranks) GPU r mod the GPU
+    count, so that several processes score on one GPU."""
     if name not in ('auto', 'cpu', 'cuda'):
         raise UserError(f'--device must be auto, cpu or cuda, got {name!r}')
     if name == 'cuda' and not torch.cuda.is_available():
         raise UserError('--device cuda was asked for but no CUDA device is visible; use --device cpu')
     if name == 'cpu' or not torch.cuda.is_available():
         return torch.device('cpu')
-    torch.cuda.set_device(local_rank)
+    count = torch.cuda.device_count()
+    if local_rank >= count and not share:
+        raise UserError(f'local rank {local_rank} needs a GPU of its own but {count} are visible; start at most '
+                        f'{count} processes per node (--nproc_per_node)')
+    torch.cuda.set_device(local_rank % count)
     torch.backends.cudnn.benchmark = True      # fixed input shapes: let cuDNN pick the fastest kernels
-    return torch.device('cuda', local_rank)
+    return torch.device('cuda', local_rank % count)
 
 
 def amp_dtype(device):
@@ -424,10 +430,10 @@ class Dist:
     def is_main(self):
         return self.rank == 0
 
-    def init(self, device):
-        """Start the process group: nccl on CUDA, gloo on CPU."""
+    def init(self, device, backend=None):
+        """Start the process group: `backend`, by default nccl on CUDA and gloo on CPU."""
         if self.enabled and not dist.is_initialized():
-            dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+            dist.init_process_group(backend or ('nccl' if device.type == 'cuda' else 'gloo'))
         return self
 
     def barrier(self):

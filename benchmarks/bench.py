@@ -4,6 +4,7 @@
     python3 benchmarks/bench.py --levers              # also each speed lever switched off, to see what it gives
     python3 benchmarks/bench.py --device cuda         # on a GPU (adds AMP variants; under 5 minutes)
     python3 benchmarks/bench.py --tiny                # seconds; what CI runs so the script cannot rot
+    python3 benchmarks/bench.py --device cuda --search_ranks 1,2,4   # a search with 1, 2, 4 ranks on one GPU
 
 Each workload runs in its own Python process (so its peak RSS is its own); its time is the median of
 `repeats` timed runs after `warmup` untimed ones. Synthetic data, fp32 unless a variant says amp, the
@@ -198,6 +199,71 @@ def bench_data(device, s, variant):
     return {'images_per_s': s['batch'] * s['steps'] / statistics.median(times), 'seconds': times}
 
 
+def search_ranks_settings(tiny):
+    """A stage-2 wlm search on a C=16, 8-cell supernet (one epoch on synthetic data: the cost of scoring does not
+    depend on the weights), validation batch 512 as on a GPU by default."""
+    if tiny:
+        return {'C': 4, 'layers': 3, 'population': 4, 'bn_images': 32, 'val_images': 64, 'test_batch': 32}
+    return {'C': 16, 'layers': 8, 'population': 48, 'bn_images': 256, 'val_images': 1024, 'test_batch': 512}
+
+
+def _run(cmd, env=None):
+    import os
+    proc = subprocess.run([sys.executable, *map(str, cmd)], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, **(env or {})))
+    if proc.returncode != 0:
+        raise SystemExit(f'benchmark command failed: {" ".join(map(str, cmd))}\n{proc.stderr[-2000:]}')
+    return proc
+
+
+def _timed_search(n, supernet, save, device, s):
+    """(seconds, {candidate: score}) of one wlm search generation under `torchrun --nproc_per_node=n`."""
+    import os
+    cmd = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}', 'evolutionary_search/search.py',
+           '--model_path', supernet, '--metric', 'wlm', '--max_epochs', 1, '--population_num', s['population'],
+           '--select_num', 1, '--mutation_num', 0, '--crossover_num', 0, '--max_train_img_size', s['bn_images'],
+           '--max_val_img_size', s['val_images'], '--test_batch_size', s['test_batch'], '--device', device,
+           '--save', save]
+    t0 = time.perf_counter()
+    _run(cmd, env={'CUDA_VISIBLE_DEVICES': '0', 'OMP_NUM_THREADS': str(max(1, (os.cpu_count() or 1) // n))})
+    seconds = time.perf_counter() - t0
+    doc = json.loads((save / 'search_checkpoint.json').read_text())
+    return seconds, {k: v['score'] for k, v in doc['evolution']['scores'].items()}
+
+
+def bench_search_ranks(ranks, device, tiny):
+    """Wall time of the same search (one generation of wlm scoring) under `torchrun --nproc_per_node=N` for each N
+    in `ranks`, every rank on GPU 0 (CUDA_VISIBLE_DEVICES=0): several processes fill a GPU that one C=16 path at
+    batch 512 leaves mostly idle. Each process gets cores / N threads. Also checks that every run scored every
+    candidate the same (max relative difference to the first run)."""
+    import tempfile
+    s = search_ranks_settings(tiny)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _run(['train_supernet/train.py', '--dataset', 'synthetic', '--init_channels', s['C'], '--layers', s['layers'],
+              '--epochs', 1, '--train_subset', 256, '--valid_bn_images', 64, '--device', device, '--save',
+              tmp / 'supernet'], env={'CUDA_VISIBLE_DEVICES': '0'})
+        runs = {n: _timed_search(n, tmp / 'supernet' / 'checkpoint_epoch_1.pth.tar', tmp / f'search-{n}', device, s)
+                for n in ranks}
+    base, first = runs[ranks[0]]
+    results = {f'ranks_{n}': {'seconds': sec, 'candidates_per_s': s['population'] / sec,
+                              f'speedup_vs_{ranks[0]}': base / sec} for n, (sec, _) in runs.items()}
+    diff = max(abs(sc[k] - first[k]) / max(abs(first[k]), 1e-12) for _, sc in runs.values() for k in first)
+    where = 'every rank on GPU 0' if device == 'cuda' else 'CPU processes (a check of the script, not a measurement)'
+    return {'device': device, 'settings': s, 'results': results, 'max_relative_score_difference': diff,
+            'note': f'wall time of the whole torchrun command (start-up included), {where}'}
+
+
+def parse_ranks(text):
+    try:
+        ranks = [int(r) for r in text.split(',')]
+    except ValueError:
+        ranks = []
+    if not ranks or min(ranks) < 1:
+        raise argparse.ArgumentTypeError(f'--search_ranks takes process counts such as 1,2,4, got {text!r}')
+    return ranks
+
+
 def worker(name, device_name, tiny):
     import torch
     from utils import choose_device
@@ -215,16 +281,29 @@ def worker(name, device_name, tiny):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--device', default='cpu', choices=['cpu', 'cuda', 'auto'], help='device (default: cpu)')
+    from utils import ArgumentParser         # argparse with one-line errors (exit status 2)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', default=None, choices=['cpu', 'cuda', 'auto'],
+                   help='device (default: cpu; cuda with --search_ranks)')
     p.add_argument('--tiny', action='store_true', help='tiny shapes, a few steps (default: off)')
     p.add_argument('--levers', action='store_true', help='also run every lever switched off (default: off)')
     p.add_argument('--only', default=None, help=f'comma-separated workloads (default: {",".join(WORKLOADS)})')
+    p.add_argument('--search_ranks', type=parse_ranks, default=None,
+                   help='instead of the workloads: time a search with each number of ranks sharing GPU 0, e.g. 1,2,4 '
+                        '(needs --device cuda; --device cpu only checks the script) (default: off)')
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args.worker, args.device, args.tiny)
     import torch
+    if args.search_ranks:
+        if args.device != 'cpu' and not torch.cuda.is_available():
+            p.error('--search_ranks times ranks sharing a GPU but no CUDA device is visible; run it on a GPU machine '
+                    '(or pass --device cpu to check the script only)')
+        out = bench_search_ranks(args.search_ranks, 'cpu' if args.device == 'cpu' else 'cuda', args.tiny)
+        print(json.dumps(out, indent=2))
+        return out
+    args.device = args.device or 'cpu'
     names = args.only.split(',') if args.only else list(WORKLOADS)
     if args.levers:
         names += LEVERS

@@ -7,6 +7,7 @@ and writes the outputs; the other ranks receive its state.
 """
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 from evolutionary_search.evolution import cand_key
@@ -34,7 +35,11 @@ def score_in_rounds(ctx, scorer, candidates, dist):
 
 
 def format_components(info):
-    return ' '.join(f'{k} {v:.6g}' for k, v in info.items() if isinstance(v, float))
+    """The float components, and the cost on the budget network when there is one."""
+    text = ' '.join(f'{k} {v:.6g}' for k, v in info.items() if isinstance(v, float))
+    if 'cost' in info:
+        text += f' (multiply-adds {info["cost"]["macs"] / 1e6:.1f}M, params {info["cost"]["params"] / 1e6:.3f}M)'
+    return text
 
 
 def score_given(ctx, args, run, todo, dist):
@@ -67,7 +72,8 @@ def read_search(path, args, flags):
         raise UserError(f'cannot resume from {path}: not a search checkpoint ({e!r}); start over with --restart')
     # Flags added after a checkpoint was written are absent from it: compare with what the older version did.
     legacy = {'split': 'none' if saved.get('split_data') == 0 else 'file' if saved.get('split_file') else 'seeded',
-              'bn_images': 'shared'}
+              'bn_images': 'shared', 'flops_limit': None, 'params_limit': None, 'budget_network': 'imagenet',
+              'budget_channels': None, 'budget_layers': None}
     saved = {**legacy, **saved}
     changed = [f'--{k} {saved.get(k)} -> {getattr(args, k)}' for k in flags
                if k in saved and saved[k] != getattr(args, k)]
@@ -100,15 +106,38 @@ def write_genotype(run, evo, args):
             components=info, top10=[{'candidate': c, **evo.space.describe(c), **i} for c, i in top],
             checkpoints={'model_path': os.path.abspath(args.model_path),
                          'init_model_path': os.path.abspath(args.init_model_path) if args.init_model_path else None},
-            args=dict(vars(args)))
+            args=dict(vars(args)), **({'budget': evo.budget.limits()} if evo.budget is not None else {}))
     return path, best, info
+
+
+def started_state(evo):
+    """Rank 0: the first population (none is proposed when a resumed state already has one); returns the state
+    every rank starts from."""
+    evo.start()
+    return evo.state_dict()
+
+
+def finished_generation_state(run, evo, args, flags):
+    """Rank 0: close the generation (select, propose the next), checkpoint it and log it; returns the state every
+    rank continues from."""
+    summary = evo.finish_generation()
+    save_search(run, evo, args, flags)
+    log_generation(run, summary, args.metric)
+    return evo.state_dict()
+
+
+def show_progress(bar, evo):
+    bar.update(1)
+    bar.set_postfix(gen=evo.generation + 1, best=evo.scores[evo.top_k[0]]['score'] if evo.top_k else None)
 
 
 def run_search(ctx, args, run, evo, dist, flags):
     """The evolution until done (or --stop_after candidates); returns (genotype.json path, best candidate, info)
-    on rank 0 at the end, else None."""
+    on rank 0 at the end, else None. The search checkpoint is written after every round of world_size
+    candidates, at the end of a generation's scoring and when stopping."""
     scorer = METRICS[args.metric]
-    evo.load_state_dict(dist.from_main(lambda: (evo.start(), evo.state_dict())[1]))
+    evo.load_state_dict(dist.from_main(partial(started_state, evo)))
+    next_generation = partial(finished_generation_state, run, evo, args, flags)
     scored_now = 0
     bar = progress(None, is_main=dist.is_main, total=args.max_epochs * args.population_num, initial=len(evo.scores),
                    desc='candidates')
@@ -116,23 +145,16 @@ def run_search(ctx, args, run, evo, dist, flags):
         for cand, info in score_in_rounds(ctx, scorer, evo.pending(), dist):
             evo.record(cand, info)
             scored_now += 1
-            bar.update(1)
-            bar.set_postfix(gen=evo.generation + 1, best=evo.scores[evo.top_k[0]]['score'] if evo.top_k else None)
-            if dist.is_main and (scored_now % dist.world_size == 0 or not evo.pending()):
-                save_search(run, evo, args, flags)        # after every round
-            if args.stop_after and scored_now >= args.stop_after:
-                if dist.is_main:
-                    save_search(run, evo, args, flags)
+            show_progress(bar, evo)
+            stopping = bool(args.stop_after) and scored_now >= args.stop_after
+            round_done = scored_now % dist.world_size == 0 or not evo.pending()
+            if dist.is_main and (round_done or stopping):
+                save_search(run, evo, args, flags)
+            if stopping:
                 bar.close()
                 logger.info('stopping after %d candidates as asked (--stop_after); continue with --resume %s',
                             scored_now, run.path / CHECKPOINT)
                 return None
-
-        def step():
-            summary = evo.finish_generation()
-            save_search(run, evo, args, flags)
-            log_generation(run, summary, args.metric)
-            return evo.state_dict()
-        evo.load_state_dict(dist.from_main(step))
+        evo.load_state_dict(dist.from_main(next_generation))
     bar.close()
     return write_genotype(run, evo, args) if dist.is_main else None

@@ -8,6 +8,7 @@
         --wlm_weight 0 --acc_weight 0 --save ../runs/search-wlm                # GeNAS flatness search
     python3 search.py ... --resume ../runs/search-wlm                            # after a crash
     python3 search.py ... --arch GENAS_FLATNESS_CIFAR100 --arch DARTS_V2         # score given cells only
+    python3 search.py ... --flops_limit 600M       # only cells under 600 M multiply-adds on ImageNet (C=48)
     python3 search.py --model_path ../runs/nb201-c10/checkpoint_epoch_250.pth.tar ...  # NB201: the space comes
                                                                                  # from the checkpoint
 
@@ -27,6 +28,7 @@ import torch  # noqa: E402
 import genotypes  # noqa: E402
 from data import add_data_args, inherit_split, load_search_data, resolve_split, split_digest  # noqa: E402
 from genotypes import GenotypeError  # noqa: E402
+from evolutionary_search.budget import NETWORKS, make_budget, parse_amount  # noqa: E402
 from evolutionary_search.evolution import Evolution, cand_key  # noqa: E402
 from evolutionary_search.metrics import METRICS, NEEDS_INIT, PRECISIONS, ScoringContext  # noqa: E402
 from evolutionary_search.runner import CHECKPOINT, read_search, run_search, score_given  # noqa: E402
@@ -41,7 +43,7 @@ SCORE_FLAGS = ['metric', 'stds', 'seed', 'max_train_img_size', 'max_val_img_size
                'batch_size', 'bn_momentum', 'perturb', 'score_precision', 'acc_train_img_size', 'acc_val_img_size',
                'population_num', 'select_num', 'mutation_num', 'crossover_num', 'm_prob', 'dataset', 'split_data',
                'split', 'train_portion', 'split_seed', 'split_file', 'random_label', 'train_subset', 'valid_subset',
-               'bn_images']
+               'bn_images', 'flops_limit', 'params_limit', 'budget_network', 'budget_channels', 'budget_layers']
 SEARCH_OUTPUTS = (CHECKPOINT, 'metrics.jsonl', 'genotype.json')     # what --restart discards
 NOOP_FLAGS = {'cutout': None, 'cutout_length': int}      # reference flags that do nothing in its search either
 
@@ -114,6 +116,20 @@ def get_args_parser():
                         'the measured ranking agreement before using anything but fp32')
     g.add_argument('--stop_after', type=int, default=0,
                    help='stop after scoring N candidates in this invocation (resumable; 0: off)')
+    g = p.add_argument_group('cost budget (evolutionary_search/budget.py)')
+    g.add_argument('--flops_limit', type=parse_amount, default=None,
+                   help='largest multiply-adds of one image through the --budget_network (e.g. 600M, 0.6G, 6e8); '
+                        'candidates over it are never proposed nor scored; None: no limit')
+    g.add_argument('--params_limit', type=parse_amount, default=None,
+                   help='largest parameter count of that network (e.g. 5.5M); None: no limit')
+    g.add_argument('--budget_network', default='imagenet', choices=NETWORKS,
+                   help='where the limits are measured: imagenet: stage 3\'s ImageNet network (224x224, 1000 classes, '
+                        'no auxiliary head; DARTS space only); cifar: the stand-alone network of the searched dataset '
+                        '(DARTS: stage 3\'s NetworkCIFAR; NB201: the benchmark\'s network). Default: imagenet')
+    g.add_argument('--budget_channels', type=int, default=None,
+                   help='init channels of that network; None: stage 3\'s default (imagenet 48, cifar 36; NB201 16)')
+    g.add_argument('--budget_layers', type=int, default=None,
+                   help='cells of that network; None: stage 3\'s default (imagenet 14, cifar 20; NB201 5 per stage)')
     add_noop_flags(p, NOOP_FLAGS)
     return p
 
@@ -206,6 +222,30 @@ def build_context(args, device, notes=None):
                           bn_per_candidate=args.bn_images == 'per_candidate')
 
 
+def build_budget(args, ctx, notes):
+    """The cost budget of --flops_limit / --params_limit (None without them); one error line when even the space's
+    cheapest cell is over a limit."""
+    budget = make_budget(args, ctx.space, ctx.model.num_classes, tuple(ctx.data.train.images.shape[-2:]))
+    if budget is not None:
+        budget.check_reachable()
+        notes.append(f'cost limits: {budget}')
+    return budget
+
+
+def within_budget(todo, budget, notes):
+    """Given cells over a cost limit are not scored either (the log names them)."""
+    if budget is None:
+        return todo
+    kept = []
+    for name, cand in todo:
+        excess = budget.excess(budget.measure(cand))
+        if excess:
+            notes.append(f'{name} not scored: {excess}')
+        else:
+            kept.append((name, cand))
+    return kept
+
+
 def refuse_leftovers(save):
     """A new search never overwrites the outputs of another one (kept without its checkpoint)."""
     found = [name for name in SEARCH_OUTPUTS if (Path(save) / name).exists()]
@@ -239,14 +279,17 @@ def read_candidates(args, space):
 @locks_released
 def main(args):
     dist = Dist()
-    device = choose_device(args.device, dist.local_rank)
+    device = choose_device(args.device, dist.local_rank, share=True)    # more ranks than GPUs: they share them
     seed_everything(args.seed)
     notes = []
     ctx = build_context(args, device, notes)
+    budget = build_budget(args, ctx, notes)
     todo = read_candidates(args, ctx.space) if (args.candidates or args.arch) else None
-    dist.init(device)
+    if todo is not None:
+        todo = within_budget(todo, budget, notes)
+    dist.init(device, backend='gloo')   # ranks exchange only scores and states, on the CPU: they may share a GPU
     evo = Evolution(args.max_epochs, args.population_num, args.select_num, args.mutation_num, args.crossover_num,
-                    args.m_prob, seed=args.seed, space=ctx.space)
+                    args.m_prob, seed=args.seed, space=ctx.space, budget=budget)
     ckpt_path = args.resume or os.path.join(args.save, CHECKPOINT)
     if args.resume and not os.path.isfile(args.resume) and not restarts_from_beginning(args.resume, CHECKPOINT):
         raise UserError(f'--resume {args.resume} does not exist; pass the {CHECKPOINT} of a search run directory')

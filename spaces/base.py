@@ -83,3 +83,14 @@ class SearchSpace:
         """The fixed network of one candidate at a supernet's width and depth (DARTS: retrain's NetworkCIFAR,
         whose forward returns (logits, None) without auxiliary head; NB201: the benchmark's network)."""
         raise NotImplementedError
+
+    # --- cost budgets (evolutionary_search/budget.py) ------------------------------------------------
+    budget_shapes = {}         # network kind -> default (init channels, cells) a --flops_limit is measured on
+
+    def cheapest_candidate(self):
+        """A candidate no other undercuts in multiply-adds or parameters on any budget network."""
+        raise NotImplementedError
+
+    def budget_network(self, kind, candidate, C, num_classes, layers):
+        """The stage-3 network (a key of budget_shapes) of a candidate, on which its cost is counted."""
+        raise NotImplementedError

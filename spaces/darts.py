@@ -170,3 +170,18 @@ class DartsSpace(SearchSpace):
     def standalone(self, candidate, C, num_classes, layers):
         from retrain.model import NetworkCIFAR     # stage-3 logic, only needed here
         return NetworkCIFAR(C, num_classes, layers, False, genotypes.decode(candidate))
+
+    # Stage 3's defaults (retrain/retrain.py): ImageNet C=48, 14 cells (224x224); CIFAR C=36, 20 cells.
+    budget_shapes = {'imagenet': (48, 14), 'cifar': (36, 20)}
+
+    def cheapest_candidate(self):
+        """Every node takes max pooling of the cell's two inputs: pooling has no weights and no counted
+        multiply-adds, and the rest of a network (stem, preprocessing, classifier) does not depend on the cell."""
+        half = [1 if edge - start < 2 else 0 for start, end in NODE_SLICES for edge in range(start, end)]
+        return half + half
+
+    def budget_network(self, kind, candidate, C, num_classes, layers):
+        if kind == 'cifar':
+            return self.standalone(candidate, C, num_classes, layers)
+        from retrain.model import NetworkImageNet     # stage-3 logic, only needed here
+        return NetworkImageNet(C, num_classes, layers, False, genotypes.decode(candidate))

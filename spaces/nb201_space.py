@@ -81,3 +81,11 @@ class NB201Space(SearchSpace):
 
     def standalone(self, candidate, C, num_classes, layers):
         return NB201Network(candidate, C, num_classes, layers)
+
+    budget_shapes = {'cifar': (16, 5)}     # the benchmark's network (C=16, N=5); no ImageNet-size network
+
+    def cheapest_candidate(self):
+        return [nb201.OPS.index('none')] * nb201.NUM_EDGES      # no op: no weights, no multiply-adds
+
+    def budget_network(self, kind, candidate, C, num_classes, layers):
+        return self.standalone(candidate, C, num_classes, layers)

@@ -42,6 +42,26 @@ def top10(run):
     return [t['candidate'] for t in doc['top10']], [t['score'] for t in doc['top10']]
 
 
+def all_scores(run):
+    """{candidate: score} of every candidate a search scored (its checkpoint)."""
+    doc = json.loads((run / 'search_checkpoint.json').read_text())
+    return {k: v['score'] for k, v in doc['evolution']['scores'].items()}
+
+
+def test_search_ranks_share_gpus_round_robin(monkeypatch):
+    """Search ranks take GPU (local rank mod GPU count), so torchrun --nproc_per_node=4 runs on one GPU; the
+    stages that train with DDP keep one GPU per rank and say so when there are too few."""
+    import utils
+    chosen = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'set_device', chosen.append)
+    assert [utils.choose_device('auto', r, share=True).index for r in range(5)] == [0, 1, 0, 1, 0] == chosen
+    assert utils.choose_device('cuda', 1) == torch.device('cuda', 1)
+    with pytest.raises(utils.UserError, match='start at most 2 processes per node'):
+        utils.choose_device('auto', 2)
+
+
 def test_two_process_supernet_training(ddp_supernet):
     assert sorted(p.name for p in ddp_supernet.glob('*.pth.tar')) == [
         'checkpoint_epoch_0.pth.tar', 'checkpoint_epoch_1.pth.tar', 'last.pth.tar']
@@ -64,6 +84,9 @@ def test_distributed_search_equals_one_process_and_resumes_with_another_world_si
     cands2, scores2 = top10(double)
     assert cands1 == cands2
     assert scores2 == pytest.approx(scores1, rel=1e-6)
+    every1, every2 = all_scores(single), all_scores(double)        # every candidate, not only the top 10
+    assert len(every1) == 18 and every2.keys() == every1.keys()
+    assert [every2[k] for k in every1] == pytest.approx([every1[k] for k in every1], rel=1e-6)
     assert len(read_metrics(double / 'metrics.jsonl')) == 3          # rank 0 alone logs the generations
 
     torchrun('evolutionary_search/search.py', *ckpts(ddp_supernet), *SEARCH, '--save', resumed, '--stop_after', 9)
@@ -82,3 +105,13 @@ def test_distributed_scoring_of_given_cells(ddp_supernet, tmp_path):
     single = run_script('evolutionary_search/search.py', *ckpts(ddp_supernet), *SEARCH, '--arch', 'PDARTS',
                         '--save', tmp_path / 'one')
     assert json.loads(single.stdout.splitlines()[-1])['score'] == pytest.approx(lines[2]['score'], rel=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the message where no GPU is visible')
+def test_bench_search_ranks_checks_its_arguments_without_a_gpu():
+    """The GPU benchmark of ranks per GPU (run it where a GPU is lent) fails here with one line, as does a bad
+    list of process counts."""
+    for argv, message in ((['--search_ranks', '1,2,4'], 'no CUDA device is visible'),
+                          (['--search_ranks', '0,2', '--device', 'cpu'], 'process counts such as 1,2,4')):
+        proc = run_script('benchmarks/bench.py', *argv, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -50,6 +50,9 @@ def test_candidates_valid_unique_and_elitist():
 
 
 def test_mutation_changes_reduction_edges():
+    """The reference mutates only the 14 normal edges. A mutant whose reduction half equals no parent's reduction
+    half must have had reduction edges mutated (repair leaves a valid half unchanged); with mutation of the
+    normal half only, every mutant keeps its parent's reduction half and this fails."""
     evo = small(mutation_num=10, crossover_num=0, m_prob=0.2)
     evo.start()
     for cand in evo.pending():
@@ -57,8 +60,9 @@ def test_mutation_changes_reduction_edges():
     evo.finish_generation()
     parents = [key_cand(k) for k in evo.top_k]
     mutants = [key_cand(k) for k in evo.population[:10]]
-    changed_reduce = [any(m[14:] != p[14:] for p in parents) for m in mutants]
-    assert any(changed_reduce)
+    new_reduce = [m for m in mutants if all(m[14:] != p[14:] for p in parents)]
+    new_normal = [m for m in mutants if all(m[:14] != p[:14] for p in parents)]
+    assert new_reduce and new_normal
 
 
 def test_same_seed_same_result_and_other_seed_differs():
