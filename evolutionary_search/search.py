@@ -222,14 +222,14 @@ def build_context(args, device, notes=None):
             raise UserError(f'--metric {args.metric} needs --init_model_path '
                             '(the checkpoint_epoch_0.pth.tar of stage 1)')
         init_model, _, _ = load_supernet(args.init_model_path, args, inside='checkpoint_epoch_0.pth.tar')
-        if init_model._C != model._C or init_model._layers != model._layers:
+        if init_model.init_channels != model.init_channels or init_model.num_layers != model.num_layers:
             raise UserError('--init_model_path and --model_path hold supernets of different shapes')
     fill_inherited(args, meta.get('args', {}))
     data = load_search_data(args)
     check_split(args, meta, data, notes if notes is not None else [])
     data = data.resident(device)
-    if data.num_classes != model._num_classes:
-        raise UserError(f'{args.model_path} has {model._num_classes} classes but --dataset {args.dataset} has '
+    if data.num_classes != model.num_classes:
+        raise UserError(f'{args.model_path} has {model.num_classes} classes but --dataset {args.dataset} has '
                         f'{data.num_classes}; pass the dataset the supernet was trained on')
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=fmt).eval()

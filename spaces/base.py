@@ -78,3 +78,9 @@ class SearchSpace:
         """The fixed network of one candidate at a supernet's width and depth (DARTS: retrain's NetworkCIFAR,
         whose forward returns (logits, None) without auxiliary head; NB201: the benchmark's network)."""
         raise NotImplementedError
+
+
+def conv_bn_weights(op):
+    """What an op of operations.py (`convs`, `bns`) adds to an angle vector: its conv weights in forward
+    order, then each BN's weight and bias."""
+    return [conv.weight for conv in op.convs] + [t for bn in op.bns for t in (bn.weight, bn.bias)]
