@@ -108,6 +108,13 @@ def kill_moments(seed, first_epoch, later):
     return [rng.choice(first_epoch), *sorted(rng.sample(list(later), 2))]
 
 
+def later_moments_slow(moments):
+    """kill_moments for a parametrize list: the first (inside the first epoch or generation) in the default run,
+    the later ones marked `slow`."""
+    first, *later = moments
+    return [first, *(pytest.param(m, marks=pytest.mark.slow) for m in later)]
+
+
 def log_lines(path, needle):
     """How many lines of a log file contain `needle` (0 while it does not exist)."""
     try:

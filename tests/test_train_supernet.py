@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, snapshot_dir
+from conftest import cli_exit_code, kill_moments, later_moments_slow, log_lines, run_and_kill, run_script, snapshot_dir
 from train_supernet import train
 from train_supernet.super_model import Network
 from utils import read_metrics
@@ -27,7 +27,8 @@ def straight(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize('moment', ['stop_after'] + kill_moments(1, range(1, 3), range(3, 9)),
+@pytest.mark.parametrize('moment', ['stop_after'] + later_moments_slow(
+    kill_moments(1, range(1, 3), range(3, 9))),
                          ids=lambda m: m if isinstance(m, str) else f'kill-9-after-log-line-{m}')
 def test_resume_is_bit_identical(straight, moment, tmp_path):
     """--stop_after 1, or kill -9 after the moment-th training log line (the first in epoch 1), then the
@@ -121,6 +122,7 @@ def test_resume_of_another_shape_and_existing_run_overwrite_nothing(tmp_path, ca
     assert snapshot_dir(run) == before
 
 
+@pytest.mark.slow
 def test_fashion_mnist_supernet_beats_chance(readme_runs):
     """The README's offline stage-1 command (a few thousand images, C=8, 5 layers, 2 epochs)."""
     sandbox, _ = readme_runs
