@@ -58,14 +58,14 @@ def test_resume_is_bit_identical(straight, moment, tmp_path):
     assert len(read_metrics(straight / 'metrics.jsonl')) == 3
 
 
-def test_checkpoints_layout_and_initial_weights(tmp_path):
-    run = tmp_path / 'run'
-    run_script('train_supernet/train.py', *TINY, '--epochs', 2, '--save_freq', 5, '--save', run)
+def test_checkpoints_layout_and_initial_weights(straight):
+    run = straight                                   # the uninterrupted 3-epoch run: --save_freq 5 keeps 0 and 3
     files = {p.name for p in run.iterdir()}
-    assert {'checkpoint_epoch_0.pth.tar', 'checkpoint_epoch_2.pth.tar', 'last.pth.tar', 'split.json', 'log.txt',
+    assert not {'checkpoint_epoch_1.pth.tar', 'checkpoint_epoch_2.pth.tar'} & files
+    assert {'checkpoint_epoch_0.pth.tar', 'checkpoint_epoch_3.pth.tar', 'last.pth.tar', 'split.json', 'log.txt',
             'args.json', 'metrics.jsonl', 'tb'} <= files
-    init, final = torch.load(run / 'checkpoint_epoch_0.pth.tar'), torch.load(run / 'checkpoint_epoch_2.pth.tar')
-    assert init['epoch'] == 0 and final['epoch'] == 2 and {'state_dict', 'optimizer'} <= set(final)
+    init, final = torch.load(run / 'checkpoint_epoch_0.pth.tar'), torch.load(run / 'checkpoint_epoch_3.pth.tar')
+    assert init['epoch'] == 0 and final['epoch'] == 3 and {'state_dict', 'optimizer'} <= set(final)
     # the initial checkpoint is the seeded initialization, before any step
     torch.manual_seed(3)
     fresh = Network(4, 10, 3)
@@ -75,8 +75,8 @@ def test_checkpoints_layout_and_initial_weights(tmp_path):
     # reference-style loading: strict, from the plain state_dict
     Network(final['init_channels'], final['num_classes'], final['layers']).load_state_dict(final['state_dict'])
     recs = read_metrics(run / 'metrics.jsonl')
-    assert [r['epoch'] for r in recs] == [1, 2] and 0 <= recs[-1]['valid_acc'] <= 1
-    assert recs[1]['lr'] < recs[0]['lr'] == 0.025
+    assert [r['epoch'] for r in recs] == [1, 2, 3] and 0 <= recs[-1]['valid_acc'] <= 1
+    assert recs[2]['lr'] < recs[1]['lr'] < recs[0]['lr'] == 0.025
 
 
 def test_inplace_zeroing_keeps_decaying_unsampled_ops(tmp_path):
