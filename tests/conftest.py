@@ -108,11 +108,9 @@ def kill_moments(seed, first_epoch, later):
     return [rng.choice(first_epoch), *sorted(rng.sample(list(later), 2))]
 
 
-def later_moments_slow(moments):
-    """kill_moments for a parametrize list: the first (inside the first epoch or generation) in the default run,
-    the later ones marked `slow`."""
-    first, *later = moments
-    return [first, *(pytest.param(m, marks=pytest.mark.slow) for m in later)]
+def slow_params(values):
+    """Parametrize values marked `slow` (the kill -9 moments: the default run resumes after --stop_after only)."""
+    return [pytest.param(v, marks=pytest.mark.slow) for v in values]
 
 
 def log_lines(path, needle):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import genotypes as G
-from conftest import (ROOT, cli_exit_code, kill_moments, later_moments_slow, log_lines, run_and_kill, run_script,
+from conftest import (ROOT, cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, slow_params,
                       snapshot_dir)
 from retrain import retrain
 from retrain.model import NetworkCIFAR, NetworkImageNet, drop_path
@@ -110,7 +110,7 @@ def straight(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize('moment', ['stop_after'] + later_moments_slow(
+@pytest.mark.parametrize('moment', ['stop_after'] + slow_params(
     kill_moments(3, range(1, 8), range(8, 16))),
                          ids=lambda m: m if isinstance(m, str) else f'kill-9-after-log-line-{m}')
 def test_resume_is_bit_identical(straight, moment, tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import genotypes as G
-from conftest import cli_exit_code, kill_moments, later_moments_slow, run_and_kill, run_script, snapshot_dir
+from conftest import cli_exit_code, kill_moments, run_and_kill, run_script, slow_params, snapshot_dir
 from evolutionary_search import search
 from train_supernet import train
 
@@ -47,7 +47,7 @@ def scored(run):
         return 0 if (run / 'args.json').exists() else -1
 
 
-@pytest.mark.parametrize('moment', ['stop_after'] + later_moments_slow(
+@pytest.mark.parametrize('moment', ['stop_after'] + slow_params(
     kill_moments(2, range(0, 6), range(6, 18))),
                          ids=lambda m: m if isinstance(m, str) else f'kill-9-after-{m}-scored')
 def test_search_resumes_exactly_after_a_kill(supernet, straight, moment, tmp_path):

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import cli_exit_code, kill_moments, later_moments_slow, log_lines, run_and_kill, run_script, snapshot_dir
+from conftest import cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, slow_params, snapshot_dir
 from train_supernet import train
 from train_supernet.super_model import Network
 from utils import read_metrics
@@ -27,7 +27,7 @@ def straight(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize('moment', ['stop_after'] + later_moments_slow(
+@pytest.mark.parametrize('moment', ['stop_after'] + slow_params(
     kill_moments(1, range(1, 3), range(3, 9))),
                          ids=lambda m: m if isinstance(m, str) else f'kill-9-after-log-line-{m}')
 def test_resume_is_bit_identical(straight, moment, tmp_path):
