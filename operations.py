@@ -21,7 +21,20 @@ OPS = {
 }
 
 
-class ReLUFirst(nn.Module):
+class ConvBNLayers:
+    """`convs` and `bns`: an op's convolutions and BatchNorms in forward order, found by type, so code that
+    reads their weights (the angle metric's vector) does not depend on where they sit in `self.op`."""
+
+    @property
+    def convs(self):
+        return [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+
+    @property
+    def bns(self):
+        return [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+class ReLUFirst(ConvBNLayers, nn.Module):
     """An op whose `self.op` is nn.Sequential(ReLU, ...). `after_relu(relu(x)) == forward(x)`, so a
     network can apply one ReLU to a tensor that several such ops read (see the supernet)."""
 
@@ -106,7 +119,7 @@ class Zero(nn.Module):
         return x[:, :, ::self.stride, ::self.stride].mul(0.)
 
 
-class FactorizedReduce(nn.Module):
+class FactorizedReduce(ConvBNLayers, nn.Module):
     """Stride-2 'skip': ReLU, two 1x1 stride-2 convs (C_in -> C_out/2 each), the second on the input
     shifted by one pixel (x[:, :, 1:, 1:]), concatenated on channels, BN."""
 

@@ -204,8 +204,8 @@ def build_context(args, device, notes=None):
     data = load_search_data(args)
     check_split(args, meta, data, notes if notes is not None else [])
     data = data.resident(device)
-    if data.num_classes != model._num_classes:
-        raise UserError(f'{args.model_path} has {model._num_classes} classes but --dataset {args.dataset} has '
+    if data.num_classes != model.num_classes:
+        raise UserError(f'{args.model_path} has {model.num_classes} classes but --dataset {args.dataset} has '
                         f'{data.num_classes}; pass the dataset the supernet was trained on')
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=fmt).eval()

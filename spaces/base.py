@@ -94,3 +94,9 @@ class SearchSpace:
     def budget_network(self, kind, candidate, C, num_classes, layers):
         """The stage-3 network (a key of budget_shapes) of a candidate, on which its cost is counted."""
         raise NotImplementedError
+
+
+def conv_bn_weights(op):
+    """What an op of operations.py (`convs`, `bns`) adds to an angle vector: its conv weights in forward
+    order, then each BN's weight and bias."""
+    return [conv.weight for conv in op.convs] + [t for bn in op.bns for t in (bn.weight, bn.bias)]

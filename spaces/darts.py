@@ -8,7 +8,7 @@ import torch
 import genotypes
 from genotypes import EDGES_PER_CELL, NODE_SLICES, PRIMITIVES
 from operations import FactorizedReduce
-from spaces.base import SearchSpace
+from spaces.base import SearchSpace, conv_bn_weights
 from train_supernet.super_model import Network
 
 
@@ -31,29 +31,19 @@ def cell_paths():
 
 def op_weights(mixed_op, code):
     """The tensors one op contributes to the angle vector (SPEC section 4)."""
-    op = mixed_op._ops[code]
+    op = mixed_op.ops[code]
     name = PRIMITIVES[code]
-    if 'pool' in name:                       # Sequential(pool, BN): constant 1/9 kernel + BN affine
-        bn = op[1]
+    if 'pool' in name:                       # PoolBN: constant 1/9 kernel + BN affine
+        bn = op.bn
         return [torch.full((bn.num_features, 3, 3), 1 / 9, device=bn.weight.device), bn.weight, bn.bias]
-    if name == 'skip_connect':
-        if isinstance(op, FactorizedReduce):
-            return [op.conv_1.weight, op.conv_2.weight, op.bn.weight, op.bn.bias]
+    if name == 'skip_connect' and not isinstance(op, FactorizedReduce):
         device = next(mixed_op.parameters()).device
         return [torch.eye(mixed_op.channels, device=device).flatten()]
-    seq = op.op
-    if name.startswith('sep_conv'):           # four convs, then both BNs' weight and bias
-        return [seq[1].weight, seq[2].weight, seq[5].weight, seq[6].weight,
-                seq[3].weight, seq[3].bias, seq[7].weight, seq[7].bias]
-    if name.startswith('dil_conv'):           # two convs, then the BN's weight and bias (the
-        return [seq[1].weight, seq[2].weight, seq[3].weight, seq[3].bias]   # reference takes weight twice)
+    if name == 'skip_connect' or name.startswith(('sep_conv', 'dil_conv')):
+        # the convs (4 sep, 2 dil, 2 factorized reduce), then each BN's weight and bias (for a dil_conv
+        # the reference takes the BN weight twice)
+        return conv_bn_weights(op)
     raise ValueError(f'no angle weights for {name}')
-
-
-def _preprocess_weights(pre):
-    if isinstance(pre, FactorizedReduce):
-        return [pre.conv_1.weight, pre.conv_2.weight, pre.bn.weight, pre.bn.bias]
-    return [pre.op[1].weight, pre.op[2].weight, pre.op[2].bias]
 
 
 def angle_vector(model, candidate):
@@ -68,10 +58,10 @@ def angle_vector(model, candidate):
             if any(codes[e] == 0 for e in path):
                 continue
             for e in path:
-                parts += op_weights(cell._ops[e], codes[e])
+                parts += op_weights(cell.edges[e], codes[e])
     parts += [model.stem[0].weight, model.stem[1].weight, model.stem[1].bias]
     for cell in model.cells:
-        parts += _preprocess_weights(cell.preprocess0) + _preprocess_weights(cell.preprocess1)
+        parts += conv_bn_weights(cell.preprocess0) + conv_bn_weights(cell.preprocess1)
     parts.append(model.classifier.weight)
     return torch.cat([p.detach().reshape(-1).double() for p in parts])
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from operations import Identity, ReLUConvBN, Zero
+from spaces.base import conv_bn_weights
 from spaces.nb201 import EDGES, NODES, OPS, check_candidate
 from train_supernet.super_model import SinglePathModel
 
@@ -165,7 +166,7 @@ class NB201Network(_Macro):
 
 def standalone_from_supernet(supernet, candidate):
     """An NB201Network holding the supernet path's weights and BN statistics (copies)."""
-    net = NB201Network(candidate, supernet._C, supernet._num_classes, supernet._layers)
+    net = NB201Network(candidate, supernet.init_channels, supernet.num_classes, supernet.num_layers)
     own = net.state_dict()
     src = supernet.state_dict()
     for key in own:
@@ -194,18 +195,14 @@ def op_weights(edge, code):
     """What one op contributes to the angle vector: a conv its conv weight and BN weight and bias, average
     pooling a constant 1/9 kernel of shape (C, 3, 3), skip the flattened C x C identity."""
     name, op = OPS[code], edge.ops[code]
-    device = edge.ops[2].op[1].weight.device
+    device = next(edge.parameters()).device
     if name == 'avg_pool_3x3':
         return [torch.full((edge.channels, 3, 3), 1 / 9, device=device)]
     if name == 'skip_connect':
         return [torch.eye(edge.channels, device=device).flatten()]
     if name.startswith('nor_conv'):
-        return [op.op[1].weight, op.op[2].weight, op.op[2].bias]
+        return conv_bn_weights(op)
     raise ValueError(f'no angle weights for {name}')
-
-
-def _relu_conv_bn(m):
-    return [m.op[1].weight, m.op[2].weight, m.op[2].bias]
 
 
 def angle_vector(model, candidate):
@@ -223,6 +220,6 @@ def angle_vector(model, candidate):
     parts += [model.stem[0].weight, model.stem[1].weight, model.stem[1].bias]
     for block in model.cells:
         if isinstance(block, ResidualReduction):
-            parts += _relu_conv_bn(block.conv_a) + _relu_conv_bn(block.conv_b) + [block.downsample[1].weight]
+            parts += conv_bn_weights(block.conv_a) + conv_bn_weights(block.conv_b) + [block.downsample[1].weight]
     parts += [model.lastact[0].weight, model.lastact[0].bias, model.classifier.weight]
     return torch.cat([p.detach().reshape(-1).double() for p in parts])

@@ -108,6 +108,11 @@ def kill_moments(seed, first_epoch, later):
     return [rng.choice(first_epoch), *sorted(rng.sample(list(later), 2))]
 
 
+def slow_params(values):
+    """Parametrize values marked `slow` (the kill -9 moments: the default run resumes after --stop_after only)."""
+    return [pytest.param(v, marks=pytest.mark.slow) for v in values]
+
+
 def log_lines(path, needle):
     """How many lines of a log file contain `needle` (0 while it does not exist)."""
     try:

@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import shutil
 
@@ -67,9 +68,15 @@ def test_batch_loader_is_deterministic_per_epoch_and_shards():
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(first, b))
     a.set_epoch(1)
     assert not torch.equal(next(iter(a))[1], first[0][1])
-    shards = [D.BatchLoader(data, idx, 16, 'cpu', shuffle=True, seed=7, rank=r, world_size=2) for r in range(2)]
-    seen = torch.cat([y for s in shards for _, y in s])
-    assert len(seen) == 100 and len(shards[0]) == len(shards[1]) == 4
+    # label = image index, so the labels name the images each rank sees
+    numbered = dataclasses.replace(data, labels=torch.arange(100))
+    for n, even in ((100, True), (99, True), (99, False)):
+        shards = [D.BatchLoader(numbered, idx[:n], 16, 'cpu', shuffle=True, seed=7, rank=r, world_size=2,
+                                even_shards=even) for r in range(2)]
+        seen = [torch.cat([y for _, y in s]).tolist() for s in shards]
+        assert [len(s) for s in seen] == ([50, 50] if even else [50, 49])   # padded by wrapping, or exact
+        assert sorted(seen[0] + seen[1]) == sorted(list(range(n)) + (seen[0][:1] if n % 2 and even else []))
+        assert len(set(seen[0])) == len(seen[0]) and len(set(seen[1])) == len(seen[1])
 
 
 def test_eval_batches_are_normalized_in_order():

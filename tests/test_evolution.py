@@ -97,3 +97,5 @@ def test_raising_max_epochs_continues_a_finished_search():
 
 def test_cand_key_roundtrip():
     assert cand_key(TARGET) == ','.join(map(str, TARGET))
+    for cand in (TARGET, tuple(reversed(TARGET)), [0] * 28, [7] * 28, [4, 0, 3, 1, 2, 4]):   # DARTS and NB201
+        assert key_cand(cand_key(cand)) == list(cand)

@@ -91,6 +91,7 @@ def _tiny_supernet(root, run, extra=()):
     return train.main(train.parse_args([str(a) for a in argv]))
 
 
+@pytest.mark.slow
 def test_stages_1_and_2_train_and_score_on_the_file_halves(fake_cifar10, recorded_batches, tmp_path, capsys):
     tr, va = _halves('cifar-split.txt')
     run = tmp_path / 'supernet'
@@ -115,6 +116,7 @@ def test_stages_1_and_2_train_and_score_on_the_file_halves(fake_cifar10, recorde
     assert 'scoring on the NAS-Bench-201 split file cifar-split.txt' in (tmp_path / 'search' / 'log.txt').read_text()
 
 
+@pytest.mark.slow
 def test_reference_checkpoint_scores_on_the_file_and_a_split_mismatch_is_refused(fake_cifar10, recorded_batches,
                                                                                   tmp_path, capsys):
     run = tmp_path / 'supernet'

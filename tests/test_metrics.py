@@ -157,7 +157,7 @@ def test_angle_vector_layout_by_hand():
     assert G.is_valid(cand)
 
     def weights(cell, edge):
-        op = cell._ops[edge]._ops[reduce[edge]]
+        op = cell.edges[edge].ops[reduce[edge]]
         code = reduce[edge]
         if code in (4, 5):
             s = op.op
@@ -170,7 +170,7 @@ def test_angle_vector_layout_by_hand():
             return [torch.full((C, 3, 3), 1 / 9), op[1].weight, op[1].bias]
         if edge < 2 or edge in (2, 3, 5, 6, 9, 10):   # stride-2 skip: factorized reduce
             return [op.conv_1.weight, op.conv_2.weight, op.bn.weight, op.bn.bias]
-        return [torch.eye(cell._ops[edge].channels).flatten()]
+        return [torch.eye(cell.edges[edge].channels).flatten()]
 
     # every path from an input to a node that avoids `none` edges, in the documented order
     paths = [[0], [1], [3], [0, 4], [1, 4], [5], [3, 8], [0, 4, 8], [1, 4, 8], [0, 11], [1, 11], [5, 13],
@@ -214,10 +214,7 @@ def test_reduced_precision_scoring_runs_and_restores(ctx, precision):
 
 
 def test_kendall_tau_by_hand():
-    import sys
-    from conftest import ROOT
-    sys.path.insert(0, str(ROOT / 'benchmarks'))
-    from precision_tau import kendall_tau
+    from benchmarks.precision_tau import kendall_tau
     assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx((5 - 1) / 6)     # one discordant pair of 6
     assert kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(3 * 2))  # tau-b with a tie
     assert kendall_tau([3, 2, 1], [1, 2, 3]) == -1.0

@@ -87,6 +87,7 @@ def test_space_mismatches_are_one_clear_error(supernet, tmp_path, capsys):
     assert snapshot_dir(supernet) == before
 
 
+@pytest.mark.slow
 def test_fashion_mnist_nb201_supernet_learns_and_the_search_runs(readme_runs):
     """The README's offline NB201 commands (C=8, N=1, 2 epochs of 20,000 images, then a small search);
     a slow test: it shares the README fixture with the other offline commands."""

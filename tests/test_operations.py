@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import genotypes as G
-from operations import OPS, FactorizedReduce, Zero
+from operations import OPS, FactorizedReduce, ReLUConvBN, Zero
 
 
 def test_every_primitive_and_extra_op_has_a_constructor():
@@ -54,3 +54,19 @@ def test_state_dict_names_match_the_reference_layout():
     assert set(OPS['dil_conv_5x5'](4, 1, True).state_dict()) >= {'op.1.weight', 'op.2.weight', 'op.3.running_var'}
     assert {'conv_1.weight', 'conv_2.weight', 'bn.weight'} <= set(OPS['skip_connect'](4, 2, True).state_dict())
     assert OPS['dil_conv_3x3'](4, 1, True).op[1].dilation == (2, 2)
+
+
+@pytest.mark.parametrize('name, stride, convs, bns', [
+    ('sep_conv_3x3', 1, ['op.1', 'op.2', 'op.5', 'op.6'], ['op.3', 'op.7']),
+    ('dil_conv_5x5', 2, ['op.1', 'op.2'], ['op.3']),
+    ('conv_7x1_1x7', 1, ['op.1', 'op.2'], ['op.3']),
+    ('skip_connect', 2, ['conv_1', 'conv_2'], ['bn']),
+])
+def test_named_conv_and_bn_layers_in_forward_order(name, stride, convs, bns):
+    """The angle metric reads an op's weights through `convs` and `bns`: they name the reference's layers in
+    forward order (a reordered nn.Sequential would change the angle vector, and fails here)."""
+    op = OPS[name](4, stride, True)
+    names = {m: n for n, m in op.named_modules()}
+    assert [names[m] for m in op.convs] == convs and [names[m] for m in op.bns] == bns
+    pre = ReLUConvBN(4, 8, 1, 1, 0)
+    assert pre.convs == [pre.op[1]] and pre.bns == [pre.op[2]]

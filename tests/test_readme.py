@@ -2,6 +2,8 @@
 import json
 import statistics
 
+import pytest
+
 from conftest import readme_blocks, run_script, snapshot_dir
 
 KNOWN = ('run', 'tiny', 'ci')
@@ -25,6 +27,7 @@ def test_ci_block_is_what_ci_runs():
                     assert line.strip() in ci
 
 
+@pytest.mark.slow
 def test_offline_commands_succeed(readme_runs):
     _, results = readme_runs
     assert len(results) >= 7
@@ -32,6 +35,7 @@ def test_offline_commands_succeed(readme_runs):
         assert proc.returncode == 0, f'{body}\nexit {proc.returncode}\n{proc.stderr[-3000:]}'
 
 
+@pytest.mark.slow
 def test_demo_reports_and_skips_finished_stages_on_a_second_run(readme_runs):
     sandbox, results = readme_runs
     demo = sandbox / 'runs' / 'demo'
@@ -45,6 +49,7 @@ def test_demo_reports_and_skips_finished_stages_on_a_second_run(readme_runs):
     assert snapshot_dir(demo / 'retrain') == before
 
 
+@pytest.mark.slow
 def test_bench_block_prints_one_json_object(readme_runs):
     _, results = readme_runs
     proc = next(p for _, body, p in results if 'benchmarks/bench.py' in body)

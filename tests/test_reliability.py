@@ -222,13 +222,12 @@ def test_lock_is_reentrant_in_one_process_and_released_after_main(tmp_path):
     utils.lock_run_dir(tmp_path / 'r')
     utils.lock_run_dir(tmp_path / 'r')                 # the same process: no-op
     assert (tmp_path / 'r' / '.lock').read_text() == f'{os.getpid()}\n'
-    probe = [sys.executable, '-c', f'import sys; sys.path.insert(0, {str(ROOT)!r}); import utils; '
-             f'utils.lock_run_dir({str(tmp_path / "r")!r})']
-    held = subprocess.run(probe, capture_output=True, text=True)
+    probe = [sys.executable, '-c', f'import utils; utils.lock_run_dir({str(tmp_path / "r")!r})']   # cwd: the repo
+    held = subprocess.run(probe, capture_output=True, text=True, cwd=ROOT)
     assert held.returncode != 0 and f'PID {os.getpid()}' in held.stderr
     utils.release_run_dirs()
     assert (tmp_path / 'r' / '.lock').read_text() == ''
-    assert subprocess.run(probe, capture_output=True, text=True).returncode == 0
+    assert subprocess.run(probe, capture_output=True, text=True, cwd=ROOT).returncode == 0
 
 
 # --- full or read-only disks ----------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import genotypes as G
-from conftest import ROOT, cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, snapshot_dir
+from conftest import (ROOT, cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, slow_params,
+                      snapshot_dir)
 from retrain import retrain
 from retrain.model import NetworkCIFAR, NetworkImageNet, drop_path
 from retrain.visualize import cell_dot, plot_genotype
@@ -109,7 +110,8 @@ def straight(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize('moment', ['stop_after'] + kill_moments(3, range(1, 8), range(8, 16)),
+@pytest.mark.parametrize('moment', ['stop_after'] + slow_params(
+    kill_moments(3, range(1, 8), range(8, 16))),
                          ids=lambda m: m if isinstance(m, str) else f'kill-9-after-log-line-{m}')
 def test_resume_is_bit_identical(straight, moment, tmp_path):
     """--stop_after 1, or kill -9 after the moment-th training log line (the first inside epoch 1), then the
@@ -183,6 +185,7 @@ def test_diverging_loss_exits_2_with_the_fix(tmp_path, capsys):
     assert last.startswith('error: training loss became') and 'lower --learning_rate' in last
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_single_process_evaluate(fmnist, tmp_path):
     run = tmp_path / 'ddp'
     args = ['--dataset', 'fashion-mnist', '--arch', 'DARTS_V2', '--init_channels', 8, '--layers', 3,
@@ -204,6 +207,7 @@ def test_torchrun_two_processes_match_single_process_evaluate(fmnist, tmp_path):
     assert result['val_loss'] == pytest.approx(recs[0]['val_loss'], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_fashion_mnist_retrain_of_the_searched_cell(readme_runs):
     """The README's offline chain: stage 1 -> wlm search -> retraining of the found cell -> --evaluate."""
     sandbox, results = readme_runs

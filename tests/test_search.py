@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import genotypes as G
-from conftest import cli_exit_code, kill_moments, run_and_kill, run_script, snapshot_dir
+from conftest import cli_exit_code, kill_moments, run_and_kill, run_script, slow_params, snapshot_dir
 from evolutionary_search import search
 from train_supernet import train
 
@@ -47,7 +47,8 @@ def scored(run):
         return 0 if (run / 'args.json').exists() else -1
 
 
-@pytest.mark.parametrize('moment', ['stop_after'] + kill_moments(2, range(0, 6), range(6, 18)),
+@pytest.mark.parametrize('moment', ['stop_after'] + slow_params(
+    kill_moments(2, range(0, 6), range(6, 18))),
                          ids=lambda m: m if isinstance(m, str) else f'kill-9-after-{m}-scored')
 def test_search_resumes_exactly_after_a_kill(supernet, straight, moment, tmp_path):
     """--stop_after 8, or kill -9 once `moment` candidates are scored (the first inside generation 1), then the
@@ -144,6 +145,7 @@ def test_missing_checkpoint_and_changed_flags_on_resume(supernet, tmp_path, caps
     assert snapshot_dir(run) == before
 
 
+@pytest.mark.slow
 def test_fashion_mnist_wlm_search_writes_a_loadable_genotype(readme_runs):
     """The README's offline wlm search (population 8, 2 generations) on its Fashion-MNIST supernet."""
     sandbox, _ = readme_runs
@@ -159,10 +161,7 @@ def test_fashion_mnist_wlm_search_writes_a_loadable_genotype(readme_runs):
 
 
 def test_precision_tau_script(supernet, capsys):
-    import sys
-    from conftest import ROOT
-    sys.path.insert(0, str(ROOT / 'benchmarks'))
-    import precision_tau
+    from benchmarks import precision_tau
     out = precision_tau.main(['--model_path', str(supernet / 'checkpoint_epoch_1.pth.tar'), '--candidates', '4',
                               '--precisions', 'bf16,tf32', '--max_train_img_size', '32', '--max_val_img_size', '64'])
     assert set(out['results']) == {'fp32', 'bf16', 'tf32'}

@@ -46,7 +46,7 @@ def test_every_op_on_every_edge_is_reachable_and_runs():
     for cell in range(3):
         for e in range(14):
             for code in range(8):
-                for mod in net.cells[cell]._ops[e]._ops[code].modules():   # the op or any of its layers
+                for mod in net.cells[cell].edges[e].ops[code].modules():   # the op or any of its layers
                     mod.register_forward_hook(lambda m, i, o, key=(cell, e, code): ran.add(key))
     base = G.encode(G.DARTS_V2)
     x = torch.randn(2, 3, 16, 16)

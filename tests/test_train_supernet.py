@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, snapshot_dir
+from conftest import cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, slow_params, snapshot_dir
 from train_supernet import train
 from train_supernet.super_model import Network
 from utils import read_metrics
@@ -27,7 +27,8 @@ def straight(tmp_path_factory):
     return run
 
 
-@pytest.mark.parametrize('moment', ['stop_after'] + kill_moments(1, range(1, 3), range(3, 9)),
+@pytest.mark.parametrize('moment', ['stop_after'] + slow_params(
+    kill_moments(1, range(1, 3), range(3, 9))),
                          ids=lambda m: m if isinstance(m, str) else f'kill-9-after-log-line-{m}')
 def test_resume_is_bit_identical(straight, moment, tmp_path):
     """--stop_after 1, or kill -9 after the moment-th training log line (the first in epoch 1), then the
@@ -57,14 +58,14 @@ def test_resume_is_bit_identical(straight, moment, tmp_path):
     assert len(read_metrics(straight / 'metrics.jsonl')) == 3
 
 
-def test_checkpoints_layout_and_initial_weights(tmp_path):
-    run = tmp_path / 'run'
-    run_script('train_supernet/train.py', *TINY, '--epochs', 2, '--save_freq', 5, '--save', run)
+def test_checkpoints_layout_and_initial_weights(straight):
+    run = straight                                   # the uninterrupted 3-epoch run: --save_freq 5 keeps 0 and 3
     files = {p.name for p in run.iterdir()}
-    assert {'checkpoint_epoch_0.pth.tar', 'checkpoint_epoch_2.pth.tar', 'last.pth.tar', 'split.json', 'log.txt',
+    assert not {'checkpoint_epoch_1.pth.tar', 'checkpoint_epoch_2.pth.tar'} & files
+    assert {'checkpoint_epoch_0.pth.tar', 'checkpoint_epoch_3.pth.tar', 'last.pth.tar', 'split.json', 'log.txt',
             'args.json', 'metrics.jsonl', 'tb'} <= files
-    init, final = torch.load(run / 'checkpoint_epoch_0.pth.tar'), torch.load(run / 'checkpoint_epoch_2.pth.tar')
-    assert init['epoch'] == 0 and final['epoch'] == 2 and {'state_dict', 'optimizer'} <= set(final)
+    init, final = torch.load(run / 'checkpoint_epoch_0.pth.tar'), torch.load(run / 'checkpoint_epoch_3.pth.tar')
+    assert init['epoch'] == 0 and final['epoch'] == 3 and {'state_dict', 'optimizer'} <= set(final)
     # the initial checkpoint is the seeded initialization, before any step
     torch.manual_seed(3)
     fresh = Network(4, 10, 3)
@@ -74,8 +75,8 @@ def test_checkpoints_layout_and_initial_weights(tmp_path):
     # reference-style loading: strict, from the plain state_dict
     Network(final['init_channels'], final['num_classes'], final['layers']).load_state_dict(final['state_dict'])
     recs = read_metrics(run / 'metrics.jsonl')
-    assert [r['epoch'] for r in recs] == [1, 2] and 0 <= recs[-1]['valid_acc'] <= 1
-    assert recs[1]['lr'] < recs[0]['lr'] == 0.025
+    assert [r['epoch'] for r in recs] == [1, 2, 3] and 0 <= recs[-1]['valid_acc'] <= 1
+    assert recs[2]['lr'] < recs[1]['lr'] < recs[0]['lr'] == 0.025
 
 
 def test_inplace_zeroing_keeps_decaying_unsampled_ops(tmp_path):
@@ -121,6 +122,7 @@ def test_resume_of_another_shape_and_existing_run_overwrite_nothing(tmp_path, ca
     assert snapshot_dir(run) == before
 
 
+@pytest.mark.slow
 def test_fashion_mnist_supernet_beats_chance(readme_runs):
     """The README's offline stage-1 command (a few thousand images, C=8, 5 layers, 2 epochs)."""
     sandbox, _ = readme_runs

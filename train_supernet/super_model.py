@@ -16,18 +16,30 @@ from genotypes import EDGES_PER_CELL, PRIMITIVES, STEPS
 from operations import OPS, FactorizedReduce, ReLUConvBN
 
 
+class PoolBN(nn.Sequential):
+    """A pooling op followed by its own BN (the supernet's pools); keys `0` (pool), `1` (BN)."""
+
+    @property
+    def bn(self):
+        return self[1]
+
+
 class MixedOp(nn.Module):
-    """All primitives of one edge; `_ops[code]` is the op for that code. Pools get their own BN."""
+    """All primitives of one edge; `ops[code]` is the op for that code. Pools get their own BN."""
 
     def __init__(self, C, stride):
         super().__init__()
         self.channels = C
-        self._ops = nn.ModuleList()
+        self._ops = nn.ModuleList()          # the reference's name (checkpoint keys); read it as `ops`
         for name in PRIMITIVES:
             op = OPS[name](C, stride, True)
             if 'pool' in name:
-                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=True))
+                op = PoolBN(op, nn.BatchNorm2d(C, affine=True))
             self._ops.append(op)
+
+    @property
+    def ops(self):
+        return self._ops
 
     def forward(self, x, code):
         return self._ops[code](x)
@@ -44,10 +56,14 @@ class SuperCell(nn.Module):
         else:
             self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0)
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
-        self._ops = nn.ModuleList()
+        self._ops = nn.ModuleList()          # one MixedOp per edge; the reference's name, read it as `edges`
         for i in range(steps):
             for j in range(2 + i):
                 self._ops.append(MixedOp(C, 2 if reduction and j < 2 else 1))
+
+    @property
+    def edges(self):
+        return self._ops
 
     def forward(self, s0, s1, codes):
         return self.forward_relu(torch.relu(s0), torch.relu(s1), codes)
