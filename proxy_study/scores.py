@@ -19,8 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
 
-import torch  # noqa: E402
-
 import genotypes  # noqa: E402
 from data import inherit_split, load_search_data  # noqa: E402
 from evolutionary_search.metrics import DETERMINISTIC, METRICS, NEEDS_INIT, ScoringContext  # noqa: E402
@@ -28,6 +26,7 @@ from proxy_study.records import read_ground_truth, read_jsonl  # noqa: E402
 from train_supernet.super_model import Network  # noqa: E402
 from utils import (ArgumentParser, UserError, atomic_write_text, choose_device, load_checkpoint,  # noqa: E402
                    load_state_checked, logger, parse_stds, require, run_cli, seed_everything, setup_logging)
+from utils import memory_format  # noqa: E402
 
 OUTPUT, SETTINGS = 'scores.jsonl', 'settings.json'
 # Flags that change scores: fixed for a run directory.
@@ -126,7 +125,7 @@ def build_context(args, gt, device):
             raise UserError(f'{args.ground_truth}: candidate {list(cand)} is not in the search space ({e}); '
                             'remove its lines')
     protocol = gt.protocol or {}
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    fmt = memory_format(args.channels_last)
     return ScoringContext(
         model=model.to(device).to(memory_format=fmt).eval(), init_model=init_model, data=data, device=device,
         stds=tuple(args.stds), batch_size=args.batch_size,
