@@ -318,3 +318,25 @@ def test_inductor_compiled_steps_give_the_eager_losses():
             outputs.append(run(batches[0][0])[0])
     assert curves[1] == pytest.approx(curves[0], rel=1e-4), curves
     assert torch.allclose(outputs[1], outputs[0], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_torchrun_compiled_run_saves_plain_keys_that_evaluate_alike(tmp_path):
+    """--compile under torchrun (DDP wrapped, then compiled; evaluation compiled separately): the checkpoint holds
+    the uncompiled, unwrapped keys and an eager single process evaluates it to the recorded numbers."""
+    run = tmp_path / 'ddp'
+    args = [*TINY, '--epochs', 1, '--device', 'cpu']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           str(ROOT / 'retrain' / 'retrain.py'), *map(str, args), '--compile', '--save', str(run)],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '2 process(es)' in (run / 'log.txt').read_text() and 'compiled' in (run / 'log.txt').read_text()
+    rec = read_metrics(run / 'metrics.jsonl')[-1]
+    keys = list(NetworkCIFAR(8, 10, 3, True, G.DARTS_V2).state_dict())
+    assert list(torch.load(run / 'checkpoint.pth.tar')['state_dict']) == keys
+    single = run_script('retrain/retrain.py', *args, '--evaluate', run / 'checkpoint.pth.tar')
+    result = json.loads(single.stdout.strip().splitlines()[-1])
+    assert result['val_images'] == rec['val_images'] == 128
+    assert result['val_loss'] == pytest.approx(rec['val_loss'], rel=1e-4)
+    assert abs(result['val_top1'] - rec['val_top1']) <= 1 / 128          # at most one image on a near tie

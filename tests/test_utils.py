@@ -78,6 +78,16 @@ def test_load_state_checked_names_the_shapes():
     utils.load_state_checked(nn.Linear(2, 3), prefixed, 'ddp.pth')   # DDP prefix is stripped
 
 
+@pytest.mark.parametrize('prefix', ['module.', '_orig_mod.', 'module._orig_mod.', '_orig_mod.module.'])
+def test_state_dicts_of_wrapped_models_load(prefix):
+    """Keys saved through DistributedDataParallel and / or torch.compile wrappers load into the bare model."""
+    saved = nn.Linear(2, 3)
+    target = nn.Linear(2, 3)
+    utils.load_state_checked(target, {prefix + k: v for k, v in saved.state_dict().items()}, 'wrapped.pth')
+    assert torch.equal(target.weight, saved.weight) and torch.equal(target.bias, saved.bias)
+    assert list(utils.strip_module_prefix({'a.b': 1, prefix + 'c': 2})) == ['a.b', prefix + 'c']   # not all: kept
+
+
 def test_run_dir_metrics_and_truncation(tmp_path):
     import argparse
     run = utils.Run(tmp_path / 'run', argparse.Namespace(a=1), tensorboard=False)
