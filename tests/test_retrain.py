@@ -268,6 +268,7 @@ def test_compiled_drop_path_compiles_once_for_every_probability(monkeypatch):
     assert counters['stats']['unique_graphs'] == 2, dict(counters['stats'])
 
 
+@pytest.mark.slow                      # dynamo traces the network once per run and mode: minutes on 2 busy cores
 def test_compile_flag_trains_the_same_run_and_saves_plain_keys(tmp_path, monkeypatch, capsys):
     """--compile (dynamo's eager backend here; inductor in the slow test below) gives the eager run's metrics,
     writes the uncompiled state dict keys (no `_orig_mod.`), resumes an eager run and evaluates."""
@@ -276,6 +277,7 @@ def test_compile_flag_trains_the_same_run_and_saves_plain_keys(tmp_path, monkeyp
     _eager_compile(monkeypatch)
     assert _cli(argv + ['--compile', '--save', tmp_path / 'compiled']) == 0
     assert _cli(argv + ['--stop_after', 1, '--save', tmp_path / 'split']) == 0
+    torch._dynamo.reset()                    # each run compiles afresh (no run near the recompile limit of 8)
     assert _cli(argv + ['--compile', '--resume', tmp_path / 'split']) == 0       # an eager checkpoint goes on
     capsys.readouterr()
     eager = read_metrics(tmp_path / 'eager' / 'metrics.jsonl')
@@ -287,6 +289,7 @@ def test_compile_flag_trains_the_same_run_and_saves_plain_keys(tmp_path, monkeyp
     keys = list(NetworkCIFAR(8, 10, 3, True, G.DARTS_V2).state_dict())
     for name in ('checkpoint.pth.tar', 'model_best.pth.tar'):
         assert list(torch.load(tmp_path / 'compiled' / name)['state_dict']) == keys
+    torch._dynamo.reset()
     assert _cli(argv + ['--compile', '--evaluate', tmp_path / 'compiled' / 'checkpoint.pth.tar']) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result['val_top1'] == eager[-1]['val_top1']
