@@ -4,8 +4,8 @@
     python3 benchmarks/bench.py --levers              # also each speed lever switched off, to see what it gives
     python3 benchmarks/bench.py --device cuda         # on a GPU (adds AMP variants; under 5 minutes)
     python3 benchmarks/bench.py --tiny                # seconds; what CI runs so the script cannot rot
-    python3 benchmarks/bench.py --compile --only retrain_cifar   # stage 3 eager vs torch.compile (CPU: ~30 min)
-    python3 benchmarks/bench.py --compile --only retrain_cifar --device cuda   # the same on a GPU, with AMP
+    python3 benchmarks/bench.py --only retrain_compile          # stage 3 eager vs torch.compile (CPU: ~30 min)
+    python3 benchmarks/bench.py --only retrain_compile,retrain_compile:amp --device cuda   # on a GPU, fp32 and AMP
 
 Each workload runs in its own Python process (so its peak RSS is its own); its time is the median of
 `repeats` timed runs after `warmup` untimed ones. Synthetic data, fp32 unless a variant says amp, the
@@ -327,7 +327,8 @@ def main(argv=None):
     if args.device == 'cuda' and not args.only:
         names += GPU_VARIANTS
     if args.compile:
-        names += COMPILE_WORKLOADS + (COMPILE_GPU_VARIANTS if args.device == 'cuda' else [])
+        extra = COMPILE_WORKLOADS + (COMPILE_GPU_VARIANTS if args.device == 'cuda' else [])
+        names += [n for n in extra if n not in names]
     out = {'device': args.device, 'torch': torch.__version__, 'threads': torch.get_num_threads(),
            'settings': settings(args.tiny), 'results': {}}
     for name in names:
