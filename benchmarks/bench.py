@@ -77,7 +77,8 @@ def bench_supernet_train(device, s, variant):
     from data import BatchLoader, synthetic_arrays
     from train_supernet.super_model import Network
     from train_supernet.train import get_args_parser, train_step
-    from utils import HeapTrimmer, make_scaler
+    from train_supernet.heap import HeapTrimmer
+    from utils import make_scaler
     if variant == 'reference_forward':
         _use_reference_forward()
     torch.manual_seed(0)
