@@ -1,6 +1,6 @@
 """Shared plumbing for the three stages: errors and CLI exit codes, run directories (log.txt,
 args.json, metrics.jsonl, TensorBoard), seeding and RNG state, devices and torchrun, atomic
-checkpoints, meters and accuracy, parameter and multiply-add counts.
+checkpoints, accuracy, parameter and multiply-add counts.
 """
 import argparse
 import contextlib
@@ -399,6 +399,11 @@ def amp_dtype(device):
     return torch.bfloat16
 
 
+def memory_format(channels_last):
+    """The memory format --channels_last / --no-channels_last asks for (of the model and of every batch)."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def make_scaler(device, amp):
     """A GradScaler that is active only for fp16 autocast."""
     return torch.amp.GradScaler(device.type, enabled=bool(amp) and amp_dtype(device) == torch.float16)
@@ -478,49 +483,17 @@ class Dist:
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
 
+    def wrap(self, model, device, **ddp_kwargs):
+        """model in DistributedDataParallel under torchrun (gradients averaged over ranks), else model itself.
+        Save and evaluate the unwrapped model: its state_dict has no `module.` prefix."""
+        if not self.enabled:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None, **ddp_kwargs)
+
     def close(self):
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def resident_bytes():
-    """This process's resident set size in bytes (Linux), or None."""
-    try:
-        with open('/proc/self/statm') as f:
-            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class HeapTrimmer:
-    """Call after every training step. On a CPU, as the SPOS paths vary, glibc keeps freed activation
-    blocks of many sizes and the RSS of supernet training climbs to about 1.9x its live memory. When
-    the RSS exceeds (1 + headroom) x the RSS after the first step, hand the freed memory back to the OS
-    (glibc's malloc_trim). headroom 0: after every step (lowest memory, slowest: every step page-faults
-    its activations anew); negative: never. Does nothing on GPUs or without glibc. Results do not
-    depend on it."""
-
-    def __init__(self, device, headroom):
-        self._trim = None
-        if device.type == 'cpu' and headroom >= 0 and resident_bytes() is not None:
-            try:
-                import ctypes
-                self._trim = ctypes.CDLL('libc.so.6').malloc_trim
-            except (OSError, AttributeError):     # not glibc (macOS, musl)
-                pass
-        self.headroom = headroom if self._trim is not None else -1.0
-        self.limit = None
-        self.trims = 0
-
-    def __call__(self):
-        if self.headroom < 0:
-            return
-        rss = resident_bytes()
-        if self.limit is None:
-            self.limit = rss * (1 + self.headroom)
-        if self.headroom == 0 or rss > self.limit:
-            self._trim(0)
-            self.trims += 1
 
 
 # --- checkpoints ------------------------------------------------------------------------------------
@@ -608,9 +581,11 @@ def load_checkpoint(path, map_location='cpu', inside='*.pth.tar'):
 
 
 def strip_module_prefix(state_dict):
-    """Keys saved from a DistributedDataParallel model start with 'module.'; drop it."""
-    if state_dict and all(k.startswith('module.') for k in state_dict):
-        return {k[len('module.'):]: v for k, v in state_dict.items()}
+    """Keys saved from a wrapped model start with 'module.' (DistributedDataParallel) or '_orig_mod.'
+    (torch.compile), in either order; drop them."""
+    for prefix in ('_orig_mod.', 'module.', '_orig_mod.'):
+        if state_dict and all(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
     return state_dict
 
 
@@ -635,21 +610,7 @@ def load_state_checked(model, state_dict, source):
     model.load_state_dict(state_dict, strict=True)
 
 
-# --- meters, accuracy, counting ---------------------------------------------------------------------
-
-class AverageMeter:
-    def __init__(self):
-        self.sum = 0.0
-        self.count = 0
-
-    def update(self, value, n=1):
-        self.sum += float(value) * n
-        self.count += n
-
-    @property
-    def avg(self):
-        return self.sum / max(self.count, 1)
-
+# --- accuracy, counting ---------------------------------------------------------------------
 
 def topk_correct(logits, target, topk=(1,)):
     """Number of samples whose target is among the top-k logits, for each k (0-dim tensors on the

@@ -5,6 +5,8 @@
     python3 benchmarks/bench.py --device cuda         # on a GPU (adds AMP variants; under 5 minutes)
     python3 benchmarks/bench.py --tiny                # seconds; what CI runs so the script cannot rot
     python3 benchmarks/bench.py --device cuda --search_ranks 1,2,4   # a search with 1, 2, 4 ranks on one GPU
+    python3 benchmarks/bench.py --only retrain_compile          # stage 3 eager vs torch.compile (CPU: ~30 min)
+    python3 benchmarks/bench.py --only retrain_compile,retrain_compile:amp --device cuda   # on a GPU, fp32 and AMP
 
 Each workload runs in its own Python process (so its peak RSS is its own); its time is the median of
 `repeats` timed runs after `warmup` untimed ones. Synthetic data, fp32 unless a variant says amp, the
@@ -76,7 +78,8 @@ def bench_supernet_train(device, s, variant):
     from data import BatchLoader, synthetic_arrays
     from train_supernet.super_model import Network
     from train_supernet.train import get_args_parser, train_step
-    from utils import HeapTrimmer, make_scaler
+    from train_supernet.heap import HeapTrimmer
+    from utils import make_scaler
     if variant == 'reference_forward':
         _use_reference_forward()
     torch.manual_seed(0)
@@ -165,6 +168,97 @@ def bench_retrain_cifar(device, s, variant):
         _sync(device)
     times = _timed(run, s)
     return {'images_per_s': s['batch'] * s['steps'] / statistics.median(times), 'seconds': times}
+
+
+# Stage 3 compiled (retrain/retrain.py --compile): opt-in, minutes of code generation on a CPU.
+COMPILE_WORKLOADS = ['retrain_compile']
+COMPILE_GPU_VARIANTS = ['retrain_compile:amp']
+
+
+def bench_retrain_compile(device, s, variant):
+    """Stage-3 NetworkCIFAR (the retrain_cifar settings) eager and torch.compile'd in one process: the time of the
+    first compiled training step and evaluation batch (code generation, from an empty compile cache) apart from
+    the steady-state images/s of training and evaluation. Eager and compiled rounds alternate, so that load from
+    other processes hits both alike."""
+    import argparse
+    import torch
+    import genotypes
+    from data import BatchLoader, synthetic_arrays
+    from retrain.model import NetworkCIFAR
+    from retrain.train_loop import train_step
+    from utils import amp_dtype, make_scaler
+    torch.manual_seed(0)
+    fmt = torch.channels_last
+    eager = NetworkCIFAR(s['C'], 10, s['layers'], True, genotypes.GENAS_FLATNESS_CIFAR10).to(device)
+    eager = eager.to(memory_format=fmt)
+    eager.drop_path_prob = 0.2
+    model = copy.deepcopy(eager)
+    nets = {'eager': eager, 'compiled': torch.compile(model)}
+    opts = {k: torch.optim.SGD(n.parameters(), 0.025, momentum=0.9, weight_decay=3e-4) for k, n in nets.items()}
+    data = synthetic_arrays(s['batch'] * s['steps']).to(device)
+    loader = BatchLoader(data, torch.arange(len(data)), s['batch'], device, shuffle=True, augment=True, cutout=16,
+                         memory_format=fmt)
+    args = argparse.Namespace(amp=variant == 'amp', auxiliary_weight=0.4, grad_clip=5.0)
+    scaler, crit = make_scaler(device, args.amp), torch.nn.CrossEntropyLoss()
+
+    def train_round(k, batches=None):
+        nets[k].train()
+        for x, y in batches or loader:
+            train_step(nets[k], x, y, opts[k], scaler, crit, args, device)
+        _sync(device)
+
+    @torch.inference_mode()
+    def eval_round(k, batches=None):
+        nets[k].eval()
+        for x, _ in batches or loader:
+            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp):
+                nets[k](x)
+        _sync(device)
+
+    first = [next(iter(loader))]
+    compile_s = {}
+    for what, fn in (('train', train_round), ('eval', eval_round)):
+        t0 = time.perf_counter()
+        fn('compiled', first)
+        compile_s[what] = time.perf_counter() - t0
+    times = {f'{k}_{what}': [] for k in nets for what in ('train', 'eval')}
+    warmup, repeats = min(s['warmup'], 1), min(s['repeats'], 3)      # 4 rounds of 4 phases each
+    for i in range(warmup + repeats):
+        for k in nets:
+            for what, fn in (('train', train_round), ('eval', eval_round)):
+                t0 = time.perf_counter()
+                fn(k)
+                if i >= warmup:
+                    times[f'{k}_{what}'].append(time.perf_counter() - t0)
+    images = s['batch'] * s['steps']
+    out = {f'{k}_images_per_s': images / statistics.median(v) for k, v in times.items()}
+    out.update({f'speedup_{w}': out[f'compiled_{w}_images_per_s'] / out[f'eager_{w}_images_per_s']
+                for w in ('train', 'eval')})
+    out.update(compile_first_train_step_s=compile_s['train'], compile_first_eval_batch_s=compile_s['eval'],
+               seconds=times, cpu=_cpu_model())
+    return out
+
+
+def _cpu_model():
+    """The CPU's model name (Linux), which decides much of a compiled network's speed (AVX2 vs AVX-512)."""
+    import platform
+    try:
+        with open('/proc/cpuinfo') as f:
+            names = [ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')]
+        flags = open('/proc/cpuinfo').read()
+        isa = 'avx512' if 'avx512f' in flags else 'avx2' if 'avx2' in flags else 'other'
+        return f'{names[0]} x{len(names)} ({isa})'
+    except (OSError, IndexError):
+        return platform.processor() or 'unknown'
+
+
+def compile_worker_env(name):
+    """Compile workloads start from an empty inductor cache (a first run's compile time), in a fresh folder."""
+    import os
+    import tempfile
+    if not name.startswith('retrain_compile'):
+        return None
+    return dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix='bench-inductor-'))
 
 
 def bench_data(device, s, variant):
@@ -273,7 +367,8 @@ def worker(name, device_name, tiny):
     if workload.startswith('score_'):
         result = bench_score(device, s, workload[len('score_'):], variant)
     else:
-        fn = {'supernet_train': bench_supernet_train, 'retrain_cifar': bench_retrain_cifar, 'data': bench_data}
+        fn = {'supernet_train': bench_supernet_train, 'retrain_cifar': bench_retrain_cifar, 'data': bench_data,
+              'retrain_compile': bench_retrain_compile}
         result = fn[workload](device, s, variant)
     result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result['threads'] = torch.get_num_threads()
@@ -287,6 +382,8 @@ def main(argv=None):
                    help='device (default: cpu; cuda with --search_ranks)')
     p.add_argument('--tiny', action='store_true', help='tiny shapes, a few steps (default: off)')
     p.add_argument('--levers', action='store_true', help='also run every lever switched off (default: off)')
+    p.add_argument('--compile', action='store_true',
+                   help=f'also {",".join(COMPILE_WORKLOADS)}: stage 3 eager vs torch.compile (default: off)')
     p.add_argument('--only', default=None, help=f'comma-separated workloads (default: {",".join(WORKLOADS)})')
     p.add_argument('--search_ranks', type=parse_ranks, default=None,
                    help='instead of the workloads: time a search with each number of ranks sharing GPU 0, e.g. 1,2,4 '
@@ -309,13 +406,18 @@ def main(argv=None):
         names += LEVERS
     if args.device == 'cuda' and not args.only:
         names += GPU_VARIANTS
+    if args.compile:
+        extra = COMPILE_WORKLOADS + (COMPILE_GPU_VARIANTS if args.device == 'cuda' else [])
+        names += [n for n in extra if n not in names]
     out = {'device': args.device, 'torch': torch.__version__, 'threads': torch.get_num_threads(),
            'settings': settings(args.tiny), 'results': {}}
     for name in names:
-        if name not in WORKLOADS + LEVERS + GPU_VARIANTS:
-            p.error(f'unknown workload {name!r}; choose from {WORKLOADS + LEVERS + GPU_VARIANTS}')
+        known = WORKLOADS + LEVERS + GPU_VARIANTS + COMPILE_WORKLOADS + COMPILE_GPU_VARIANTS
+        if name not in known:
+            p.error(f'unknown workload {name!r}; choose from {known}')
         proc = subprocess.run([sys.executable, __file__, '--worker', name, '--device', args.device]
-                              + (['--tiny'] if args.tiny else []), capture_output=True, text=True)
+                              + (['--tiny'] if args.tiny else []), capture_output=True, text=True,
+                              env=compile_worker_env(name))
         if proc.returncode != 0:
             raise SystemExit(f'benchmark {name} failed:\n{proc.stderr[-2000:]}')
         out['results'][name] = json.loads(proc.stdout.strip().splitlines()[-1])

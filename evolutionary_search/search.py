@@ -23,8 +23,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
 
-import torch  # noqa: E402
-
 import genotypes  # noqa: E402
 from data import add_data_args, inherit_split, load_search_data, resolve_split, split_digest  # noqa: E402
 from genotypes import GenotypeError  # noqa: E402
@@ -37,6 +35,7 @@ from spaces import SPACE_NAMES  # noqa: E402
 from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, choose_device, lock_run_dir,  # noqa: E402
                    locks_released, logger, parse_stds, pop_noop_flags, require, resolve_run_paths,
                    restarts_from_beginning, run_cli, seed_everything)
+from utils import memory_format  # noqa: E402
 
 # Flags that change scores or proposals: a resumed search must use the same values.
 SCORE_FLAGS = ['metric', 'stds', 'seed', 'max_train_img_size', 'max_val_img_size', 'wlm_weight', 'acc_weight',
@@ -207,7 +206,7 @@ def build_context(args, device, notes=None):
     if data.num_classes != model.num_classes:
         raise UserError(f'{args.model_path} has {model.num_classes} classes but --dataset {args.dataset} has '
                         f'{data.num_classes}; pass the dataset the supernet was trained on')
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    fmt = memory_format(args.channels_last)
     model = model.to(device).to(memory_format=fmt).eval()
     if args.test_batch_size is None:
         args.test_batch_size = 64 if device.type == 'cpu' else 512

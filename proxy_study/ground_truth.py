@@ -35,6 +35,7 @@ from retrain.train_loop import evaluate, train_one_epoch  # noqa: E402
 from utils import (ArgumentParser, Dist, UserError, atomic_write_text, choose_device, count_macs,  # noqa: E402
                    count_parameters, derive_seed, logger, make_scaler, require, run_cli, seed_everything,
                    setup_logging)
+from utils import memory_format  # noqa: E402
 
 OUTPUT, PROTOCOL_FILE, PAIRS = 'ground_truth.jsonl', 'protocol.json', 'pairs'
 # The flags that define the training protocol: recorded in every line, fixed for a run directory.
@@ -121,7 +122,7 @@ def train_pair(cell, seed, args, sets, device):
     """Train one cell with one seed; its record (everything a function of (cell, seed, protocol))."""
     train, train_idx, test, test_idx = sets
     key = derive_seed('ground_truth', seed, list(cell.candidate))
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    fmt = memory_format(args.channels_last)
     seed_everything(key)
     model = NetworkCIFAR(args.init_channels, train.num_classes, args.layers, args.auxiliary,
                          genotypes.decode(cell.candidate)).to(device).to(memory_format=fmt)

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import time
 
-import torch
 
 from data import load_search_data
 from evolutionary_search.metrics import DETERMINISTIC, METRICS, NEEDS_INIT, ScoringContext
@@ -21,7 +20,7 @@ from evolutionary_search.supernet_io import fill_inherited, load_init_supernet, 
 from genotypes import GenotypeError
 from proxy_study.records import read_jsonl
 from spaces import SPACE_NAMES
-from utils import UserError, atomic_write_text, logger, parse_stds, require, setup_logging
+from utils import UserError, atomic_write_text, logger, memory_format, parse_stds, require, setup_logging
 
 OUTPUT, SETTINGS = 'scores.jsonl', 'settings.json'
 # Flags that change scores: fixed for a run directory.
@@ -116,7 +115,7 @@ def build_context(args, device, cells, source, protocol=None):
         raise UserError(f'{args.model_path} has {model.num_classes} classes but its dataset {dataset} '
                         f'has {data.num_classes}; pass --data for the dataset it was trained on')
     check_cells(space, cells, source)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    fmt = memory_format(args.channels_last)
     ctx = ScoringContext(
         model=model.to(device).to(memory_format=fmt).eval(), init_model=init_model, data=data, device=device,
         stds=tuple(args.stds), batch_size=args.batch_size,

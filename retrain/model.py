@@ -16,7 +16,12 @@ from operations import OPS, FactorizedReduce, Identity, ReLUConvBN
 def drop_path(x, drop_prob):
     """Zero whole samples with probability drop_prob and scale the rest by 1 / keep (x: (N, C, H, W))."""
     keep = 1.0 - drop_prob
-    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    if torch.compiler.is_compiling():
+        # bernoulli_(float) would bake drop_prob into the graph, which then recompiles every epoch (the
+        # probability grows each epoch); a comparison keeps it an input. The same distribution, another stream.
+        mask = (torch.rand(x.size(0), 1, 1, 1, device=x.device) < keep).to(x.dtype)
+    else:
+        mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
     return x.div(keep) * mask
 
 

@@ -21,6 +21,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
 
@@ -29,11 +30,12 @@ import torch.nn as nn  # noqa: E402
 
 import data  # noqa: E402
 import genotypes  # noqa: E402
+from resume import claim_run_dir, resume_training  # noqa: E402
 from retrain.model import NetworkCIFAR, NetworkImageNet  # noqa: E402
 from retrain.train_loop import CHECKPOINT, diverged_fix, evaluate, make_loaders, train_one_epoch  # noqa: E402
-from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, check_new_run_dir, choose_device,  # noqa: E402
-                   count_macs, count_parameters, derive_seed, get_rng_state, load_checkpoint, load_state_checked,
-                   lock_run_dir, locks_released, logger, make_scaler, pop_noop_flags, require, require_finite_loss,
+from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, choose_device, count_macs,  # noqa: E402
+                   count_parameters, derive_seed, get_rng_state, load_checkpoint, load_state_checked, locks_released,
+                   logger, make_scaler, memory_format, pop_noop_flags, require, require_finite_loss,
                    require_finite_weights, resolve_run_paths, restarts_from_beginning, run_cli, save_checkpoint,
                    seed_everything, setup_logging, stop_requested)
 
@@ -104,6 +106,9 @@ def get_args_parser():
     g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels-last memory format (faster on CPU and with --amp on GPU)')
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='device of each process')
+    g.add_argument('--compile', action=argparse.BooleanOptionalAction, default=False,
+                   help='torch.compile the network for training and evaluation (compiles once per mode at the start; '
+                        'see the README for when it pays off)')
     g.add_argument('--evaluate', default=None, metavar='CKPT', help='only validate this checkpoint')
     g.add_argument('--stop_after', type=int, default=0,
                    help='stop after N epochs of this invocation (resumable; 0: off)')
@@ -186,15 +191,25 @@ def draw_cells(run, genotype):
                 run.tb.add_image(f'cell/{which}', read_image(str(png[0]))[:3], 0)
 
 
+def compile_model(module, args):
+    """torch.compile(module) with --compile, else module itself. A retrained cell is fixed, so each mode
+    (training without / with drop path, evaluation) compiles once for the whole run. The compiled wrapper
+    only runs the module: state dicts are read from and loaded into the module itself (no `_orig_mod.`)."""
+    return torch.compile(module) if args.compile else module
+
+
 def run_evaluate(args, model, loaders, device, dist):
+    """--evaluate: validate a checkpoint (ours or the reference's) and print one JSON line."""
+    setup_logging(None, dist.is_main)
     ckpt = load_checkpoint(args.evaluate, map_location='cpu', inside=BEST)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
     load_state_checked(model, state, args.evaluate)
-    result = evaluate(model, loaders[1], device, dist, args)
+    result = evaluate(compile_model(model, args), loaders.val, device, dist, args)
     if dist.is_main:
         print(json.dumps({'checkpoint': str(args.evaluate), **result}), flush=True)
         logger.info('evaluate %s: top1 %.4f top5 %.4f loss %.4f (%d images)', args.evaluate, result['val_top1'],
                     result['val_top5'], result['val_loss'], result['val_images'])
+    dist.close()
     return result
 
 
@@ -204,10 +219,8 @@ def finished_epochs(ckpt):
     return ckpt['epoch'] if 'args' in ckpt or 'scheduler' in ckpt else ckpt['epoch'] + 1
 
 
-def resume_state(args, model, optimizer, scheduler, scaler):
-    """Restore what a checkpoint holds; the reference's hold weights, optimizer and epoch only. Returns
-    (epochs finished, best top-1)."""
-    ckpt = load_checkpoint(args.resume)
+def check_retrain_checkpoint(args, ckpt):
+    """UserError unless ckpt is a stage-3 checkpoint (ours or the reference's) of the cell --arch names."""
     if not isinstance(ckpt, dict) or 'state_dict' not in ckpt or 'epoch' not in ckpt:
         raise UserError(f'{args.resume} is not a retrain checkpoint (needs state_dict and epoch)')
     saved = ckpt.get('genotype')
@@ -215,16 +228,111 @@ def resume_state(args, model, optimizer, scheduler, scaler):
         trained = ckpt.get('args', {}).get('arch', 'another cell')
         raise UserError(f'{args.resume} was trained with --arch {trained}, not {args.arch}; pass --arch {trained} '
                         'to resume it, or choose another --save to train this cell')
-    load_state_checked(model, ckpt['state_dict'], args.resume)
-    if 'optimizer' in ckpt:
-        optimizer.load_state_dict(ckpt['optimizer'])
-    done = finished_epochs(ckpt)
+
+
+def resume_state(args, model, optimizer, scheduler, scaler):
+    """Restore what a checkpoint holds; the reference's hold weights, optimizer and epoch only. Returns
+    (epochs finished, best top-1)."""
+    ckpt, done = resume_training(args, model, optimizer, scaler, lambda c: check_retrain_checkpoint(args, c),
+                                 finished_epochs)
     scheduler.last_epoch = done - 1
     scheduler.step()                               # sets the learning rate of epoch `done` (0-based)
-    if ckpt.get('scaler') and scaler.is_enabled():
-        scaler.load_state_dict(ckpt['scaler'])
     best = ckpt.get('best_acc_top1', 0.0)
     return done, float(best.item() if torch.is_tensor(best) else best)
+
+
+def start_run(args, model, genotype, loaders, device, dist, optimizer, scheduler, scaler):
+    """Resume (or start fresh), claim the run directory and describe the run. Returns (run, first epoch,
+    best top-1 so far)."""
+    start_epoch, best_acc = 0, 0.0
+    if args.resume and not restarts_from_beginning(args.resume, CHECKPOINT):
+        start_epoch, best_acc = resume_state(args, model, optimizer, scheduler, scaler)
+    claim_run_dir(dist, args.save, CHECKPOINT, bool(args.resume))
+    run = Run(args.save, args, is_main=dist.is_main)
+    describe(model, args, genotype, device)
+    logger.info('%d process(es) on %s, global batch %d (%d per process), %d train / %d val images%s',
+                dist.world_size, device, args.batch_size, args.batch_size // dist.world_size,
+                loaders.train_images, loaders.val_images, ', compiled' if args.compile else '')
+    if dist.is_main:
+        draw_cells(run, genotype)
+        if args.resume:
+            run.truncate_metrics('epoch', start_epoch)
+            logger.info('resumed from %s after epoch %d (best top1 %.4f)', args.resume, start_epoch, best_acc)
+    return run, start_epoch, best_acc
+
+
+def save_epoch(run, args, epoch, model, optimizer, scheduler, scaler, genotype, best_acc, is_best):
+    """Rank 0: model_best.pth.tar when this epoch is the best, then checkpoint.pth.tar (everything to resume),
+    both from the uncompiled, unwrapped model."""
+    state = {'epoch': epoch + 1, 'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
+             'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'best_acc_top1': best_acc,
+             'rng': get_rng_state(), 'args': vars(args), 'genotype': genotypes.genotype_to_dict(genotype)}
+    if is_best:                     # before the checkpoint: a crash in between redoes this epoch
+        save_checkpoint({k: state[k] for k in ('epoch', 'state_dict', 'best_acc_top1', 'args', 'genotype')},
+                        run.path / BEST)
+    save_checkpoint(state, run.path / CHECKPOINT)
+
+
+def train_and_validate(args, epoch, model, nets, loaders, optimizer, scheduler, scaler, criterion, device, dist):
+    """One epoch: train through nets.train, validate rank 0's model through nets.val, refuse anything
+    non-finite. Returns the epoch's record (without best_top1)."""
+    seed_everything(derive_seed(args.seed, 'epoch', epoch, dist.rank))   # drop-path masks, worker seeds
+    model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
+    lr = optimizer.param_groups[0]['lr']
+    t0 = time.time()
+    train = train_one_epoch(nets.train, loaders.train, optimizer, scaler, criterion, device, dist, args, epoch)
+    scheduler.step()
+    dist.broadcast_buffers(model)              # evaluate (and save) exactly rank 0's model
+    val = evaluate(nets.val, loaders.val, device, dist, args)
+    require_finite_loss(val['val_loss'], f'in epoch {epoch + 1}', diverged_fix(args), 'validation loss')
+    require_finite_weights(model, f'in epoch {epoch + 1}', diverged_fix(args))     # before anything is saved
+    return {'epoch': epoch + 1, 'lr': lr, 'drop_path_prob': model.drop_path_prob, **train, **val,
+            'epoch_time': time.time() - t0}
+
+
+class Nets(NamedTuple):
+    """The callables that run the model: for training (DDP-wrapped under torchrun) and for evaluation (each
+    compiled with --compile)."""
+    train: nn.Module
+    val: nn.Module
+
+
+def make_nets(args, model, device, dist):
+    train_net = compile_model(dist.wrap(model, device), args)
+    val_net = train_net if not dist.enabled else compile_model(model, args)   # one process: the same wrapper
+    return Nets(train_net, val_net)
+
+
+def train(args, model, genotype, loaders, device, dist):
+    """The training run (resumable): epochs from the checkpoint's to --epochs (or --stop_after)."""
+    optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(args))
+    scaler = make_scaler(device, args.amp)
+    run, start_epoch, best_acc = start_run(args, model, genotype, loaders, device, dist, optimizer, scheduler,
+                                           scaler)
+    nets = make_nets(args, model, device, dist)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smooth)
+    record = {}
+    for epoch in range(start_epoch, args.epochs):
+        record = train_and_validate(args, epoch, model, nets, loaders, optimizer, scheduler, scaler, criterion,
+                                    device, dist)
+        is_best = record['val_top1'] >= best_acc
+        best_acc = max(best_acc, record['val_top1'])
+        record['best_top1'] = best_acc
+        logger.info('epoch %d/%d lr %.5f train loss %.4f acc %.2f%% | val loss %.4f top1 %.2f%% top5 %.2f%% | '
+                    '%.1fs, %.0f img/s', epoch + 1, args.epochs, record['lr'], record['train_loss'],
+                    100 * record['train_acc'], record['val_loss'], 100 * record['val_top1'],
+                    100 * record['val_top5'], record['epoch_time'], record['images_per_s'])
+        run.log_metrics(record, step=epoch + 1)
+        if dist.is_main:
+            save_epoch(run, args, epoch, model, optimizer, scheduler, scaler, genotype, best_acc, is_best)
+        if stop_requested(args, epoch, start_epoch, run.path / CHECKPOINT):
+            break
+    run.close()
+    dist.barrier()
+    dist.close()
+    return record
 
 
 @locks_released
@@ -236,74 +344,12 @@ def main(args):
     seed_everything(args.seed)
     genotype = genotypes.resolve_genotype(args.arch)
     dist.init(device)
-    loaders, num_classes = make_loaders(args, device, dist)
-    model = build_model(args, num_classes, genotype).to(device)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
+    loaders = make_loaders(args, device, dist)
+    model = build_model(args, loaders.num_classes, genotype).to(device)
+    model = model.to(memory_format=memory_format(args.channels_last))
     if args.evaluate:
-        setup_logging(None, dist.is_main)
-        result = run_evaluate(args, model, loaders, device, dist)
-        dist.close()
-        return result
-
-    optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(args))
-    scaler = make_scaler(device, args.amp)
-    start_epoch, best_acc = 0, 0.0
-    if args.resume and not restarts_from_beginning(args.resume, CHECKPOINT):
-        start_epoch, best_acc = resume_state(args, model, optimizer, scheduler, scaler)
-        if start_epoch >= args.epochs:
-            raise UserError(f'{args.resume} already finished {start_epoch} epochs; raise --epochs to train further')
-    dist.from_main(lambda: (lock_run_dir(args.save), check_new_run_dir(args.save, CHECKPOINT, bool(args.resume))))
-    run = Run(args.save, args, is_main=dist.is_main)
-    describe(model, args, genotype, device)
-    logger.info('%d process(es) on %s, global batch %d (%d per process), %d train / %d val images',
-                dist.world_size, device, args.batch_size, args.batch_size // dist.world_size,
-                loaders[2], loaders[3])
-    if dist.is_main:
-        draw_cells(run, genotype)
-        if args.resume:
-            run.truncate_metrics('epoch', start_epoch)
-            logger.info('resumed from %s after epoch %d (best top1 %.4f)', args.resume, start_epoch, best_acc)
-    net = model
-    if dist.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
-    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smooth)
-    record = {}
-    for epoch in range(start_epoch, args.epochs):
-        seed_everything(derive_seed(args.seed, 'epoch', epoch, dist.rank))   # drop-path masks, worker seeds
-        model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
-        lr = optimizer.param_groups[0]['lr']
-        t0 = time.time()
-        train = train_one_epoch(net, loaders[0], optimizer, scaler, criterion, device, dist, args, epoch)
-        scheduler.step()
-        dist.broadcast_buffers(model)              # evaluate (and save) exactly rank 0's model
-        val = evaluate(model, loaders[1], device, dist, args)
-        require_finite_loss(val['val_loss'], f'in epoch {epoch + 1}', diverged_fix(args), 'validation loss')
-        require_finite_weights(model, f'in epoch {epoch + 1}', diverged_fix(args))     # before anything is saved
-        best_acc = max(best_acc, val['val_top1'])
-        record = {'epoch': epoch + 1, 'lr': lr, 'drop_path_prob': model.drop_path_prob, **train, **val,
-                  'best_top1': best_acc, 'epoch_time': time.time() - t0}
-        logger.info('epoch %d/%d lr %.5f train loss %.4f acc %.2f%% | val loss %.4f top1 %.2f%% top5 %.2f%% | '
-                    '%.1fs, %.0f img/s', epoch + 1, args.epochs, lr, train['train_loss'], 100 * train['train_acc'],
-                    val['val_loss'], 100 * val['val_top1'], 100 * val['val_top5'], record['epoch_time'],
-                    train['images_per_s'])
-        run.log_metrics(record, step=epoch + 1)
-        if dist.is_main:
-            state = {'epoch': epoch + 1, 'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                     'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'best_acc_top1': best_acc,
-                     'rng': get_rng_state(), 'args': vars(args), 'genotype': genotypes.genotype_to_dict(genotype)}
-            if val['val_top1'] >= best_acc:     # before the checkpoint: a crash in between redoes this epoch
-                save_checkpoint({k: state[k] for k in ('epoch', 'state_dict', 'best_acc_top1', 'args', 'genotype')},
-                                run.path / BEST)
-            save_checkpoint(state, run.path / CHECKPOINT)
-        if stop_requested(args, epoch, start_epoch, run.path / CHECKPOINT):
-            break
-    run.close()
-    dist.barrier()
-    dist.close()
-    return record
+        return run_evaluate(args, model, loaders, device, dist)
+    return train(args, model, genotype, loaders, device, dist)
 
 
 if __name__ == '__main__':

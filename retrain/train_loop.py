@@ -1,11 +1,13 @@
 """Data loaders, one training epoch and exact distributed validation for stage 3."""
 import time
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 
 from data import BatchLoader, imagenet_folders, load_arrays
-from utils import amp_dtype, backward_and_step, logger, progress, require_finite_loss, resume_hint, topk_correct
+from utils import (amp_dtype, backward_and_step, logger, memory_format, progress, require_finite_loss, resume_hint,
+                   topk_correct)
 
 CHECKPOINT = 'checkpoint.pth.tar'
 
@@ -15,11 +17,20 @@ def diverged_fix(args):
     return f'lower --learning_rate (or drop --amp) and {resume_hint(args.save, CHECKPOINT)}'
 
 
+class Loaders(NamedTuple):
+    """What make_loaders gives: this process's loaders and the whole sets' sizes."""
+    train: object                # a BatchLoader (images resident on the device) or a DataLoader (ImageNet)
+    val: object
+    train_images: int            # over all processes
+    val_images: int
+    num_classes: int
+
+
 def make_loaders(args, device, dist):
-    """(train loader, val loader, train images, val images), number of classes. Each process gets its
-    shard: padded to equal length for training, disjoint for validation (exact totals)."""
+    """Loaders of this process's shard: padded to equal length for training, disjoint for validation
+    (exact totals)."""
     per_proc = args.batch_size // dist.world_size
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    fmt = memory_format(args.channels_last)
     if args.dataset == 'imagenet':
         train_set, val_set = imagenet_folders(args.data, normalize=not args.no_normalize,
                                               pipeline=getattr(args, 'imagenet_pipeline', 'reference'))
@@ -29,7 +40,7 @@ def make_loaders(args, device, dist):
         train = torch.utils.data.DataLoader(train_set, per_proc, sampler=sampler, drop_last=True, **kw)
         shard = torch.utils.data.Subset(val_set, range(dist.rank, len(val_set), dist.world_size))
         val = torch.utils.data.DataLoader(shard, per_proc, shuffle=False, **kw)
-        return (train, val, len(train_set), len(val_set)), len(train_set.classes)
+        return Loaders(train, val, len(train_set), len(val_set), len(train_set.classes))
     train_set = load_arrays(args.dataset, args.data, train=True, download=args.download)
     test_set = load_arrays(args.dataset, args.data, train=False, download=args.download)
     if device.type == 'cuda':                      # whole sets resident on the GPU, batches never copied
@@ -43,7 +54,7 @@ def make_loaders(args, device, dist):
                         seed=args.seed, rank=dist.rank, world_size=dist.world_size, memory_format=fmt)
     val = BatchLoader(test_set, test_idx, per_proc, device, rank=dist.rank, world_size=dist.world_size,
                       memory_format=fmt, even_shards=False)
-    return (train, val, len(train_idx), len(test_idx)), train_set.num_classes
+    return Loaders(train, val, len(train_idx), len(test_idx), train_set.num_classes)
 
 
 def _batches(loader, device, fmt):
@@ -78,7 +89,7 @@ def train_one_epoch(net, loader, optimizer, scaler, criterion, device, dist, arg
     """One epoch; returns the loss / top-1 over all processes and the global images per second."""
     net.train()
     set_epoch(loader, epoch)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    fmt = memory_format(args.channels_last)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen, t0 = 0, time.time()
@@ -105,7 +116,7 @@ def train_one_epoch(net, loader, optimizer, scaler, criterion, device, dist, arg
 def evaluate(model, loader, device, dist, args):
     """Exact top-1 / top-5 / mean loss over the whole validation set (sums reduced over processes)."""
     model.eval()
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    fmt = memory_format(args.channels_last)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)    # sums stay on the device
     c1 = torch.zeros((), dtype=torch.long, device=device)
     c5 = torch.zeros((), dtype=torch.long, device=device)

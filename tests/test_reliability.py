@@ -95,6 +95,10 @@ CASES = [
      'already holds a run'),
     ('--resume of a missing run', 'train', lambda b: SUPERNET + ['--epochs', 2, '--resume', b / 'nothing'],
      'does not exist'),
+    ('stage-1 resume of a finished run', 'train', lambda b: SUPERNET + ['--epochs', 1, '--resume', b / 'supernet'],
+     'already finished 1 epochs; raise --epochs to train further'),
+    ('stage-3 resume of a finished run', 'retrain', lambda b: RETRAIN + ['--resume', b / 'retrain'],
+     'already finished 1 epochs; raise --epochs to train further'),
 ]
 
 

@@ -237,3 +237,113 @@ def test_channels_last_gives_the_same_first_step_loss():
                              torch.device('cpu'))
         losses.append(loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def _eager_compile(monkeypatch):
+    """torch.compile traced by dynamo but run without code generation (seconds instead of minutes on a CPU):
+    enough to check what --compile wires (graphs, recompiles, state dict keys), not inductor's numbers."""
+    import functools
+    monkeypatch.setattr(torch, 'compile', functools.partial(torch.compile, backend='eager'))
+    torch._dynamo.reset()
+
+
+def test_compiled_drop_path_compiles_once_for_every_probability(monkeypatch):
+    """The drop-path probability grows every epoch: it must stay an input of the compiled graph, not a
+    constant (one recompile per epoch, then eager fallback after 8). p = 0 and p > 0 are two graphs."""
+    from torch._dynamo.utils import counters
+    _eager_compile(monkeypatch)
+
+    class Dropper(torch.nn.Module):
+        drop_path_prob = 0.0
+
+        def forward(self, x):
+            return drop_path(x, self.drop_path_prob) if self.drop_path_prob > 0 else x
+
+    m = Dropper()
+    compiled = torch.compile(m)
+    x = torch.randn(4000, 2, 1, 1)
+    counters.clear()
+    for p in (0.0, 0.1, 0.2, 0.3, 0.45):
+        m.drop_path_prob = p
+        y = compiled(x)
+        kept = (y.flatten(1) != 0).any(1)
+        assert torch.allclose(y[kept], x[kept] / (1 - p))                     # survivors scaled by 1 / keep
+        assert abs(kept.float().mean().item() - (1 - p)) < 0.04               # 4000 samples: ~4.5 sigma
+    assert counters['stats']['unique_graphs'] == 2, dict(counters['stats'])
+
+
+@pytest.mark.slow                      # dynamo traces the network once per run and mode: minutes on 2 busy cores
+def test_compile_flag_trains_the_same_run_and_saves_plain_keys(tmp_path, monkeypatch, capsys):
+    """--compile (dynamo's eager backend here; inductor in the slow test below) gives the eager run's metrics,
+    writes the uncompiled state dict keys (no `_orig_mod.`), resumes an eager run and evaluates."""
+    argv = [*TINY, '--drop_path_prob', 0, '--epochs', 2]        # drop path: the same masks only in eager mode
+    assert _cli(argv + ['--save', tmp_path / 'eager']) == 0
+    _eager_compile(monkeypatch)
+    assert _cli(argv + ['--compile', '--save', tmp_path / 'compiled']) == 0
+    assert _cli(argv + ['--stop_after', 1, '--save', tmp_path / 'split']) == 0
+    torch._dynamo.reset()                    # each run compiles afresh (no run near the recompile limit of 8)
+    assert _cli(argv + ['--compile', '--resume', tmp_path / 'split']) == 0       # an eager checkpoint goes on
+    capsys.readouterr()
+    eager = read_metrics(tmp_path / 'eager' / 'metrics.jsonl')
+    for run in ('compiled', 'split'):
+        recs = read_metrics(tmp_path / run / 'metrics.jsonl')
+        for a, b in zip(eager, recs, strict=True):
+            for k in ('train_loss', 'val_loss', 'val_top1', 'best_top1'):
+                assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6), (run, k)
+    keys = list(NetworkCIFAR(8, 10, 3, True, G.DARTS_V2).state_dict())
+    for name in ('checkpoint.pth.tar', 'model_best.pth.tar'):
+        assert list(torch.load(tmp_path / 'compiled' / name)['state_dict']) == keys
+    torch._dynamo.reset()
+    assert _cli(argv + ['--compile', '--evaluate', tmp_path / 'compiled' / 'checkpoint.pth.tar']) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result['val_top1'] == eager[-1]['val_top1']
+
+
+@pytest.mark.slow
+def test_inductor_compiled_steps_give_the_eager_losses():
+    """A few training steps (auxiliary head on, drop path off) and an evaluation with torch.compile's default
+    backend give the eager losses within float tolerance. Minutes on a 2-core CPU (code generation)."""
+    import copy
+    from retrain.train_loop import train_step
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    base = NetworkCIFAR(4, 10, 3, True, G.GENAS_FLATNESS_CIFAR10).to(memory_format=torch.channels_last)
+    batches = [(torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last),
+                torch.randint(0, 10, (8,))) for _ in range(4)]
+    args = argparse.Namespace(amp=False, auxiliary_weight=0.4, grad_clip=5.0)
+    curves, outputs = [], []
+    for compiled in (False, True):
+        net = copy.deepcopy(base)
+        run = torch.compile(net) if compiled else net
+        opt = torch.optim.SGD(net.parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
+        scaler = torch.amp.GradScaler('cpu', enabled=False)
+        run.train()
+        curves.append([train_step(run, x, y, opt, scaler, torch.nn.CrossEntropyLoss(), args,
+                                  torch.device('cpu'))[1].item() for x, y in batches])
+        run.eval()
+        with torch.no_grad():
+            outputs.append(run(batches[0][0])[0])
+    assert curves[1] == pytest.approx(curves[0], rel=1e-4), curves
+    assert torch.allclose(outputs[1], outputs[0], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_torchrun_compiled_run_saves_plain_keys_that_evaluate_alike(tmp_path):
+    """--compile under torchrun (DDP wrapped, then compiled; evaluation compiled separately): the checkpoint holds
+    the uncompiled, unwrapped keys and an eager single process evaluates it to the recorded numbers."""
+    run = tmp_path / 'ddp'
+    args = [*TINY, '--epochs', 1, '--device', 'cpu']
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                           str(ROOT / 'retrain' / 'retrain.py'), *map(str, args), '--compile', '--save', str(run)],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '2 process(es)' in (run / 'log.txt').read_text() and 'compiled' in (run / 'log.txt').read_text()
+    rec = read_metrics(run / 'metrics.jsonl')[-1]
+    keys = list(NetworkCIFAR(8, 10, 3, True, G.DARTS_V2).state_dict())
+    assert list(torch.load(run / 'checkpoint.pth.tar')['state_dict']) == keys
+    single = run_script('retrain/retrain.py', *args, '--evaluate', run / 'checkpoint.pth.tar')
+    result = json.loads(single.stdout.strip().splitlines()[-1])
+    assert result['val_images'] == rec['val_images'] == 128
+    assert result['val_loss'] == pytest.approx(rec['val_loss'], rel=1e-4)
+    assert abs(result['val_top1'] - rec['val_top1']) <= 1 / 128          # at most one image on a near tie

@@ -78,6 +78,16 @@ def test_load_state_checked_names_the_shapes():
     utils.load_state_checked(nn.Linear(2, 3), prefixed, 'ddp.pth')   # DDP prefix is stripped
 
 
+@pytest.mark.parametrize('prefix', ['module.', '_orig_mod.', 'module._orig_mod.', '_orig_mod.module.'])
+def test_state_dicts_of_wrapped_models_load(prefix):
+    """Keys saved through DistributedDataParallel and / or torch.compile wrappers load into the bare model."""
+    saved = nn.Linear(2, 3)
+    target = nn.Linear(2, 3)
+    utils.load_state_checked(target, {prefix + k: v for k, v in saved.state_dict().items()}, 'wrapped.pth')
+    assert torch.equal(target.weight, saved.weight) and torch.equal(target.bias, saved.bias)
+    assert list(utils.strip_module_prefix({'a.b': 1, prefix + 'c': 2})) == ['a.b', prefix + 'c']   # not all: kept
+
+
 def test_run_dir_metrics_and_truncation(tmp_path):
     import argparse
     run = utils.Run(tmp_path / 'run', argparse.Namespace(a=1), tensorboard=False)
@@ -97,32 +107,3 @@ def test_cli_errors_exit_2_with_one_line(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.strip() == 'error: something is wrong; do X'
-
-
-def test_heap_trimmer_trims_only_above_the_headroom(monkeypatch):
-    trims = []
-    trim = utils.HeapTrimmer(torch.device('cpu'), 0.2)
-    always = utils.HeapTrimmer(torch.device('cpu'), 0.0)
-    for t, headroom in ((trim, 0.2), (always, 0.0)):
-        t.headroom = headroom     # the constructor disables it where glibc or /proc is missing
-        t._trim = lambda pad: trims.append(pad)
-    rss = iter([1000, 1100, 1250, 1150, 1300])          # RSS after steps 1..5; limit 1.2 x 1000
-    monkeypatch.setattr(utils, 'resident_bytes', lambda: next(rss))
-    for _ in range(5):
-        trim()
-    assert trim.limit == pytest.approx(1200) and trim.trims == len(trims) == 2       # at 1250 and 1300
-
-    monkeypatch.setattr(utils, 'resident_bytes', lambda: 1000)
-    for _ in range(3):
-        always()
-    assert always.trims == 3 and len(trims) == 5
-    assert utils.HeapTrimmer(torch.device('meta'), 0.2).headroom < 0      # only CPUs: off elsewhere
-    assert utils.HeapTrimmer(torch.device('cpu'), -1).headroom < 0
-
-
-def test_resident_bytes_is_the_process_rss():
-    if utils.resident_bytes() is None:
-        pytest.skip('no /proc/self/statm on this system')
-    import resource
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    assert 50 * 2**20 < utils.resident_bytes() <= peak + 2**20

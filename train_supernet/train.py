@@ -27,12 +27,14 @@ import torch.nn as nn  # noqa: E402
 
 from data import BatchLoader, add_data_args, inherit_split, load_search_data, write_split_file  # noqa: E402
 from spaces import SPACE_NAMES, get_space  # noqa: E402
+from train_supernet.heap import HeapTrimmer  # noqa: E402
 from train_supernet.super_model import evaluate_candidate  # noqa: E402
-from utils import (ArgumentParser, Dist, HeapTrimmer, Run, UserError, add_noop_flags, amp_dtype,  # noqa: E402
-                   backward_and_step, check_new_run_dir, choose_device, derive_seed, get_rng_state, load_checkpoint,
-                   load_state_checked, lock_run_dir, locks_released, logger, make_scaler, pop_noop_flags, progress,
-                   require, require_finite_loss, require_finite_weights, restarts_from_beginning, resolve_run_paths,
-                   resume_hint, run_cli, save_checkpoint, seed_everything, set_rng_state, stop_requested)
+from resume import claim_run_dir, resume_training  # noqa: E402
+from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, amp_dtype, backward_and_step,  # noqa: E402
+                   choose_device, derive_seed, get_rng_state, load_checkpoint, load_state_checked, locks_released,
+                   logger, make_scaler, memory_format, pop_noop_flags, progress, require, require_finite_loss,
+                   require_finite_weights, restarts_from_beginning, resolve_run_paths, resume_hint, run_cli,
+                   save_checkpoint, seed_everything, set_rng_state, stop_requested)
 
 LAST, INITIAL = 'last.pth.tar', 'checkpoint_epoch_0.pth.tar'
 
@@ -202,9 +204,8 @@ def _check_world_size(args, saved, world_size):
                    'uninterrupted one', change)
 
 
-def _resume_state(args, model, optimizer, scheduler, scaler, world_size, data_digest):
-    """Load last.pth.tar into model/optimizer/scheduler; returns (epoch, path_rng state, rng state)."""
-    ckpt = load_checkpoint(args.resume)
+def _check_resumable(args, ckpt, world_size, data_digest):
+    """UserError unless ckpt is a stage-1 last.pth.tar of this space, process count and split."""
     if not isinstance(ckpt, dict) or 'scheduler' not in ckpt or 'path_rng' not in ckpt:
         raise UserError(f'{args.resume} is not a resumable stage-1 checkpoint (it lacks scheduler / RNG state); '
                         f'pass the {LAST} of a run directory')
@@ -212,27 +213,33 @@ def _resume_state(args, model, optimizer, scheduler, scaler, world_size, data_di
         raise UserError(f'{args.resume} is a {ckpt.get("space", "darts")} supernet; resume it with --space '
                         f'{ckpt.get("space", "darts")}')
     _check_world_size(args, ckpt.get('world_size'), world_size)
-    load_state_checked(model, ckpt['state_dict'], args.resume)
-    optimizer.load_state_dict(ckpt['optimizer'])
+    if ckpt.get('split_digest', data_digest) != data_digest:
+        raise UserError(f'{args.resume} was trained on {ckpt.get("split")}, not on the split these flags give; resume '
+                        'without split flags (the run\'s own split is used) or with those of the first run')
+
+
+def _resume_state(args, model, optimizer, scheduler, scaler, path_rng, world_size, data_digest):
+    """Continue from last.pth.tar: weights, optimizer, scaler (shared with stage 3), then the scheduler, the
+    in-place zero gradients, the path sampler and every RNG. Returns the epochs finished."""
+    ckpt, done = resume_training(args, model, optimizer, scaler,
+                                 lambda c: _check_resumable(args, c, world_size, data_digest))
     scheduler.load_state_dict(ckpt['scheduler'])
     scheduler.T_max = args.epochs
-    if ckpt.get('scaler') and scaler.is_enabled():
-        scaler.load_state_dict(ckpt['scaler'])
     # Ops sampled before the crash had zero (not None) gradients: restore that so in-place zeroing keeps
     # applying weight decay and momentum to them exactly as an uninterrupted run would.
     params = dict(model.named_parameters())
     for name in ckpt.get('grad_mask', []):
         params[name].grad = torch.zeros_like(params[name])
+    version, internal, gauss = ckpt['path_rng']
+    path_rng.setstate((version, tuple(internal), gauss))
+    set_rng_state(ckpt['rng'])
     old = ckpt.get('args', {})
-    if ckpt.get('split_digest', data_digest) != data_digest:
-        raise UserError(f'{args.resume} was trained on {ckpt.get("split")}, not on the split these flags give; resume '
-                        'without split flags (the run\'s own split is used) or with those of the first run')
     changed = [k for k in ('dataset', 'batch_size', 'learning_rate', 'seed', 'epochs', 'zero_grad', 'split_seed')
                if k in old and old[k] != getattr(args, k)]
     if changed:
         logger.warning('resuming with changed flags %s: the run will differ from an uninterrupted one',
                        ', '.join(f'{k} {old[k]} -> {getattr(args, k)}' for k in changed))
-    return ckpt['epoch'], ckpt['path_rng'], ckpt['rng']
+    return done
 
 
 def _checkpoint_args(path):
@@ -254,15 +261,9 @@ def _start(args, model, optimizer, scheduler, scaler, path_rng, dist, data_diges
         if os.path.isfile(initial):
             load_state_checked(model, load_checkpoint(initial)['state_dict'], initial)
     elif args.resume:
-        start_epoch, path_state, rng_state = _resume_state(args, model, optimizer, scheduler, scaler, dist.world_size,
-                                                           data_digest)
-        path_rng.setstate((path_state[0], tuple(path_state[1]), path_state[2]))
-        set_rng_state(rng_state)
-        if start_epoch >= args.epochs:
-            raise UserError(f'{args.resume} already finished {start_epoch} epochs; raise --epochs to train further')
-    dist.from_main(lambda: lock_run_dir(args.save))     # rank 0 alone writes; after the read-only checks above
-    check_new_run_dir(args.save, LAST, resuming=bool(args.resume))   # every rank, before anyone writes
-    dist.barrier()
+        start_epoch = _resume_state(args, model, optimizer, scheduler, scaler, path_rng, dist.world_size,
+                                    data_digest)
+    claim_run_dir(dist, args.save, LAST, resuming=bool(args.resume))
     return start_epoch
 
 
@@ -285,9 +286,9 @@ def main(args):
     if args.resume:                                   # the split the run started with, unless flags say otherwise
         inherit_split(args, _checkpoint_args(args.resume))
     data = load_search_data(args).resident(device)    # raises before anything is written
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    fmt = memory_format(args.channels_last)
     model = get_space(args.space).build_supernet(args.init_channels, data.num_classes, args.layers)
-    model = model.to(device).to(memory_format=memory_format)
+    model = model.to(device).to(memory_format=fmt)
     optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.learning_rate_min)
@@ -313,12 +314,11 @@ def main(args):
                              'args': vars(args), **meta}, run.path / INITIAL)
     # Every rank trains the same path each step, so only that path's gradients are averaged; the
     # others stay None or keep their in-place zeros exactly as in one process.
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None,
-                                              find_unused_parameters=True) if dist.enabled else model
+    net = dist.wrap(model, device, find_unused_parameters=True)
     train_loader = BatchLoader(data.train, data.train_idx, args.batch_size, device, shuffle=True, augment=args.augment,
-                               seed=derive_seed(args.seed, 'train'), memory_format=memory_format, rank=dist.rank,
+                               seed=derive_seed(args.seed, 'train'), memory_format=fmt, rank=dist.rank,
                                world_size=dist.world_size)
-    valid_loader = BatchLoader(data.valid, data.valid_idx, args.batch_size, device, memory_format=memory_format)
+    valid_loader = BatchLoader(data.valid, data.valid_idx, args.batch_size, device, memory_format=fmt)
     criterion = nn.CrossEntropyLoss()
     record = {}
     trim_heap = HeapTrimmer(device, 0.0 if args.low_memory else args.rss_headroom)
@@ -336,7 +336,7 @@ def main(args):
             scheduler.step()
         require_finite_weights(model, f'in epoch {epoch + 1}', diverged_fix(args))     # every rank: same weights
         if dist.is_main:           # one random path, validated by rank 0 (its BN buffers are the saved ones)
-            valid_loss, valid_acc = validate_random_paths(model, data, args, epoch, valid_loader, memory_format)
+            valid_loss, valid_acc = validate_random_paths(model, data, args, epoch, valid_loader, fmt)
             require_finite_loss(valid_loss, f'in epoch {epoch + 1}', diverged_fix(args), 'validation loss')
             record = {'epoch': epoch + 1, 'lr': lr, 'train_loss': loss_sum / seen, 'train_acc': correct / seen,
                       'valid_loss': valid_loss, 'valid_acc': valid_acc, 'epoch_time': time.time() - t0,
