@@ -22,12 +22,12 @@ sys.path.insert(0, str(ROOT))
 
 SCALES = {
     'full': {
-        'supernet': ['--init_channels', 8, '--layers', 5, '--epochs', 2, '--train_subset', 8000,
+        'supernet': ['--init_channels', 8, '--layers', 5, '--epochs', 2, '--train_subset', 3000,
                      '--valid_subset', 2000, '--learning_rate', 0.05],
         'search': ['--max_epochs', 3, '--population_num', 8, '--select_num', 4, '--mutation_num', 3,
-                   '--crossover_num', 3, '--max_train_img_size', 256, '--max_val_img_size', 512],
-        'retrain': ['--init_channels', 16, '--layers', 3, '--epochs', 3, '--batch_size', 64, '--learning_rate', 0.05,
-                    '--train_subset', 12000, '--no-auxiliary', '--drop_path_prob', 0, '--cutout_length', 0],
+                   '--crossover_num', 3, '--max_train_img_size', 256, '--max_val_img_size', 256],
+        'retrain': ['--init_channels', 12, '--layers', 3, '--epochs', 3, '--batch_size', 64, '--learning_rate', 0.05,
+                    '--train_subset', 10000, '--no-auxiliary', '--drop_path_prob', 0, '--cutout_length', 0],
     },
     'tiny': {
         'supernet': ['--init_channels', 4, '--layers', 3, '--epochs', 1, '--train_subset', 512,

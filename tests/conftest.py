@@ -13,6 +13,11 @@ sys.path.insert(0, str(ROOT))
 
 FMNIST_DIR = '/usr/share/datasets/fashion-mnist'
 IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
+# pytest.ini runs one pytest-xdist worker per core: then one torch thread per worker and per stage it
+# starts (run_script passes it on), as two-thread workers on two cores spin against each other. Set here,
+# before any test module imports torch.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ['OMP_NUM_THREADS'] = '1'
 
 
 def fmnist_present():

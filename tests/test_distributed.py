@@ -72,6 +72,7 @@ def sampled_path_parameters(seed, steps, C, layers):
     return {names[id(p)] for _ in range(steps) for p in net.path_parameters(space.random_candidate(rng))}
 
 
+@pytest.mark.slow
 def test_two_process_supernet_training(ddp_supernet):
     assert sorted(p.name for p in ddp_supernet.glob('*.pth.tar')) == [
         'checkpoint_epoch_0.pth.tar', 'checkpoint_epoch_1.pth.tar', 'last.pth.tar']
@@ -88,6 +89,7 @@ def test_two_process_supernet_training(ddp_supernet):
     assert set(last['grad_mask']) == sampled_path_parameters(seed=1, steps=4, C=4, layers=3)
 
 
+@pytest.mark.slow
 def test_distributed_search_equals_one_process_and_resumes_with_another_world_size(ddp_supernet, tmp_path):
     single, double, resumed = tmp_path / 'single', tmp_path / 'double', tmp_path / 'resumed'
     run_script('evolutionary_search/search.py', *ckpts(ddp_supernet), *SEARCH, '--save', single)
@@ -109,6 +111,7 @@ def test_distributed_search_equals_one_process_and_resumes_with_another_world_si
     assert cands3 == cands1 and scores3 == pytest.approx(scores1, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_distributed_scoring_of_given_cells(ddp_supernet, tmp_path):
     proc = torchrun('evolutionary_search/search.py', *ckpts(ddp_supernet), *SEARCH, '--arch', 'DARTS_V2',
                     '--arch', 'GENAS_FLATNESS_CIFAR10', '--arch', 'PDARTS', '--save', tmp_path / 'given')

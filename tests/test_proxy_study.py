@@ -64,6 +64,7 @@ def test_ground_truth_file(gt_run):
     assert lines[0]['test_acc'] != lines[1]['test_acc'] or lines[0]['test_loss'] != lines[1]['test_loss']
 
 
+@pytest.mark.slow
 def test_ground_truth_resumes_after_a_kill_mid_cell(gt_run, tmp_path):
     run = tmp_path / 'killed'
     env = dict(os.environ, PYTHONHASHSEED='0', **ONE_THREAD)
@@ -80,6 +81,7 @@ def test_ground_truth_resumes_after_a_kill_mid_cell(gt_run, tmp_path):
     assert (run / 'ground_truth.jsonl').read_bytes() == (gt_run / 'ground_truth.jsonl').read_bytes()
 
 
+@pytest.mark.slow
 def test_two_processes_write_the_same_file_as_one(gt_run, tmp_path):
     run = tmp_path / 'ddp'
     env = dict(os.environ, PYTHONHASHSEED='0', **ONE_THREAD)

@@ -160,6 +160,7 @@ def test_fashion_mnist_wlm_search_writes_a_loadable_genotype(readme_runs):
     assert all({'angle', 'wlm', 'losses', 'score'} <= set(s) for s in scores)
 
 
+@pytest.mark.slow
 def test_precision_tau_script(supernet, capsys):
     from benchmarks import precision_tau
     out = precision_tau.main(['--model_path', str(supernet / 'checkpoint_epoch_1.pth.tar'), '--candidates', '4',
