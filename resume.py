@@ -3,13 +3,20 @@
 the claim of the run directory. What differs (the scheduler, RNG streams, the stage's own checks) stays
 in each stage.
 """
+from typing import NamedTuple
+
 from utils import UserError, check_new_run_dir, load_checkpoint, load_state_checked, lock_run_dir
+
+
+class Resumed(NamedTuple):
+    checkpoint: dict     # what --resume holds (the stage reads its scheduler, RNG states, best accuracy)
+    epochs_done: int
 
 
 def resume_training(args, model, optimizer, scaler, check, finished=lambda ckpt: ckpt['epoch']):
     """Load the checkpoint --resume names into model, optimizer and (fp16) scaler, after check(ckpt) has
     raised the stage's own UserErrors (not its checkpoint, another shape or cell...). finished(ckpt): the
-    epochs it has finished. Returns (checkpoint, epochs finished); UserError when no epoch is left."""
+    epochs it has finished. Returns Resumed(checkpoint, epochs_done); UserError when no epoch is left."""
     ckpt = load_checkpoint(args.resume)
     check(ckpt)
     load_state_checked(model, ckpt['state_dict'], args.resume)
@@ -20,7 +27,7 @@ def resume_training(args, model, optimizer, scaler, check, finished=lambda ckpt:
     done = finished(ckpt)
     if done >= args.epochs:
         raise UserError(f'{args.resume} already finished {done} epochs; raise --epochs to train further')
-    return ckpt, done
+    return Resumed(ckpt, done)
 
 
 def claim_run_dir(dist, save, marker, resuming):

@@ -8,6 +8,8 @@
 reference checkpoint records neither). Stage-1 checkpoints record their space; reference checkpoints
 do not and hold DARTS supernets.
 """
+from typing import NamedTuple
+
 from data import inherit_split
 from spaces import get_space
 from utils import UserError, load_checkpoint, load_state_checked
@@ -15,6 +17,12 @@ from utils import UserError, load_checkpoint, load_state_checked
 # Data flags that default to the values the supernet was trained with (stored in stage-1 checkpoints),
 # with the value assumed for checkpoints that do not record them (the reference trains on CIFAR-100).
 INHERITED = {'dataset': 'cifar100', 'data': None, 'split_data': 1}
+
+
+class LoadedSupernet(NamedTuple):
+    model: object        # the space's supernet, weights loaded
+    meta: dict           # the checkpoint without its weights and optimizer (args, epoch, split, ...)
+    space: object        # spaces.SearchSpace
 
 
 def checkpoint_space(ckpt, args, path):
@@ -27,8 +35,7 @@ def checkpoint_space(ckpt, args, path):
 
 
 def load_supernet(path, args, inside='checkpoint_epoch_*.pth.tar'):
-    """A supernet from a stage-1 or reference checkpoint; returns (model, the checkpoint dict without weights,
-    space). `inside`: the file expected when `path` is a stage-1 run directory."""
+    """A supernet from a stage-1 or reference checkpoint, as a LoadedSupernet. `inside`: the file expected when `path` is a stage-1 run directory."""
     ckpt = load_checkpoint(path, inside=inside)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not any(k.endswith('classifier.weight') for k in state):
@@ -42,13 +49,13 @@ def load_supernet(path, args, inside='checkpoint_epoch_*.pth.tar'):
     num_classes = next(v for k, v in state.items() if k.endswith('classifier.weight')).shape[0]
     model = space.build_supernet(C, num_classes, layers)
     load_state_checked(model, state, path)
-    return model, {k: v for k, v in ckpt.items() if k not in ('state_dict', 'optimizer')}, space
+    return LoadedSupernet(model, {k: v for k, v in ckpt.items() if k not in ('state_dict', 'optimizer')}, space)
 
 
 def load_init_supernet(path, args, model):
     """The supernet before training (checkpoint_epoch_0.pth.tar) that the angle metrics compare `model`
     with; it must be of the same space and shape."""
-    init_model, _, space = load_supernet(path, args, inside='checkpoint_epoch_0.pth.tar')
+    init_model = load_supernet(path, args, inside='checkpoint_epoch_0.pth.tar').model
     if (type(init_model) is not type(model) or init_model.init_channels != model.init_channels
             or init_model.num_layers != model.num_layers):
         raise UserError(f'--init_model_path {path} and --model_path hold supernets of different spaces or shapes; '
