@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import UserError, atomic_write_text, derive_seed
+from seeding import derive_seed
+from utils import UserError, atomic_write_text
 
 # Per-channel mean / std of the raw images in [0, 1].
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4824, 0.4467), (0.2471, 0.2435, 0.2616)  # (125.3, 123.0, 113.9)/255 ...

@@ -101,8 +101,9 @@ def report(out, scale, state, total):
     """Markdown report of the run (also returned as text)."""
     import torch
     import genotypes
-    from retrain.model import NetworkCIFAR
-    from utils import count_macs, count_parameters, read_metrics
+    from spaces.darts_network import NetworkCIFAR
+    from counting import count_macs, count_parameters
+    from utils import read_metrics
     sn = read_metrics(out / 'supernet' / 'metrics.jsonl')[-1]
     lines = [f'# GeNAS demo report ({scale} scale, Fashion-MNIST, CPU)', '',
              f'Supernet (stage 1): valid accuracy of a random path {100 * sn["valid_acc"]:.1f}% after '

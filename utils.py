@@ -1,27 +1,22 @@
-"""Shared plumbing for the three stages: errors and CLI exit codes, run directories (log.txt,
-args.json, metrics.jsonl, TensorBoard), seeding and RNG state, devices and torchrun, atomic
-checkpoints, accuracy, parameter and multiply-add counts.
+"""The command-line contract and run directories shared by every script: one-line errors with exit status 2,
+argparse with defaults in --help, the reference's no-op flags, logging, run directories (log.txt, args.json,
+metrics.jsonl, TensorBoard), the one-writer lock, and atomic file writes.
+
+Seeds live in seeding.py, devices in devices.py, torchrun in distributed.py, checkpoint files in
+checkpoints.py, counting in counting.py, what the training stages share in training.py.
 """
 import argparse
 import contextlib
 import errno
 import fcntl
-import hashlib
-import io
 import json
 import logging
 import math
 import os
-import pickle
-import random
-import re
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.distributed as dist
 
 from genotypes import GenotypeError
 
@@ -99,37 +94,30 @@ def resolve_run_paths(args, checkpoint_name, prefix):
     return args
 
 
-def stop_requested(args, epoch, start_epoch, resume_path):
-    """--stop_after N: True (and say how to continue) once this invocation has run N epochs, unless the
-    run is finished anyway."""
-    if args.stop_after and epoch + 1 - start_epoch >= args.stop_after and epoch + 1 < args.epochs:
-        logger.info('stopping after %d epochs as asked (--stop_after); continue with --resume %s',
-                    args.stop_after, resume_path)
-        return True
-    return False
 
 
-def require_finite_loss(loss, where, fix, what='training loss'):
-    """UserError naming where a (training or validation) loss became NaN or infinite, and what to do."""
-    if not math.isfinite(loss):
-        raise UserError(f'{what} became {loss} {where}; nothing of this epoch was saved; {fix}')
 
 
-def require_finite_weights(module, where, fix):
-    """UserError when any floating tensor of module.state_dict() (weights, BN statistics) holds a NaN or an
-    infinity: called before saving, so that no checkpoint ever holds a diverged model."""
-    bad = [k for k, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise UserError(f'{len(bad)} weight tensors became NaN or infinite {where} (e.g. {bad[0]}); nothing of this '
-                        f'epoch was saved; {fix}')
 
 
-def resume_hint(run_dir, checkpoint):
-    """How to continue a run in run_dir: from its checkpoint when one exists, else from the beginning."""
-    path = Path(run_dir) / checkpoint
-    if path.exists():
-        return f'resume from {path} (the last good checkpoint)'
-    return f'rerun with --resume {run_dir} (no epoch was saved yet, so it starts over from the beginning)'
+
+
+def changed_flags(saved, current, fallback=None):
+    """['--k old -> new', ...] for every flag of `current` (a dict) whose value differs from `saved` (the dict a run
+    directory recorded). A flag `saved` lacks (written before the flag existed) is compared with
+    fallback[k] where given (what the older version did), else skipped."""
+    fallback = fallback or {}
+    out = []
+    for k, v in current.items():
+        if k in saved:
+            old = saved[k]
+        elif k in fallback:
+            old = fallback[k]
+        else:
+            continue
+        if old != v:
+            out.append(f'--{k} {old} -> {v}')
+    return out
 
 
 def parse_stds(text):
@@ -337,166 +325,7 @@ def locks_released(main):
     return wrapper
 
 
-# --- seeding and RNG state --------------------------------------------------------------------------
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def derive_seed(*parts):
-    """A 63-bit seed that is a pure function of `parts` (ints, strings, lists of ints)."""
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], 'little') >> 1
-
-
-def get_rng_state():
-    """Every global RNG state, as types `torch.load(weights_only=True)` accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
-             'numpy': [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)]}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    version, internal, gauss = state['python']
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, gauss = state['numpy']
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available() and len(state['cuda']) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state['cuda'])
-
-
-# --- devices and torchrun ---------------------------------------------------------------------------
-
-def choose_device(name='auto', local_rank=0, share=False):
-    """--device auto|cpu|cuda -> torch.device (auto = cuda when available). The process of local rank r takes
-    GPU r; with `share` (processes that exchange only small objects, as the search's ranks) GPU r mod the GPU
-    count, so that several processes score on one GPU."""
-    if name not in ('auto', 'cpu', 'cuda'):
-        raise UserError(f'--device must be auto, cpu or cuda, got {name!r}')
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise UserError('--device cuda was asked for but no CUDA device is visible; use --device cpu')
-    if name == 'cpu' or not torch.cuda.is_available():
-        return torch.device('cpu')
-    count = torch.cuda.device_count()
-    if local_rank >= count and not share:
-        raise UserError(f'local rank {local_rank} needs a GPU of its own but {count} are visible; start at most '
-                        f'{count} processes per node (--nproc_per_node)')
-    torch.cuda.set_device(local_rank % count)
-    torch.backends.cudnn.benchmark = True      # fixed input shapes: let cuDNN pick the fastest kernels
-    return torch.device('cuda', local_rank % count)
-
-
-def amp_dtype(device):
-    """bf16 where the device supports it (CPUs, Ampere+ GPUs), else fp16 (which needs a GradScaler)."""
-    if device.type == 'cuda' and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
-
-
-def memory_format(channels_last):
-    """The memory format --channels_last / --no-channels_last asks for (of the model and of every batch)."""
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def make_scaler(device, amp):
-    """A GradScaler that is active only for fp16 autocast."""
-    return torch.amp.GradScaler(device.type, enabled=bool(amp) and amp_dtype(device) == torch.float16)
-
-
-def backward_and_step(loss, optimizer, scaler, parameters, grad_clip):
-    """Backward through the (possibly disabled) scaler, clip the gradient norm, step."""
-    scaler.scale(loss).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-
-
-class Dist:
-    """The torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK); one process without it."""
-
-    def __init__(self):
-        self.rank = int(os.environ.get('RANK', 0))
-        self.world_size = int(os.environ.get('WORLD_SIZE', 1))
-        self.local_rank = int(os.environ.get('LOCAL_RANK', 0))
-
-    @property
-    def enabled(self):
-        return self.world_size > 1
-
-    @property
-    def is_main(self):
-        return self.rank == 0
-
-    def init(self, device, backend=None):
-        """Start the process group: `backend`, by default nccl on CUDA and gloo on CPU."""
-        if self.enabled and not dist.is_initialized():
-            dist.init_process_group(backend or ('nccl' if device.type == 'cuda' else 'gloo'))
-        return self
-
-    def barrier(self):
-        if self.enabled:
-            dist.barrier()
-
-    def all_reduce_sum(self, values, device):
-        """Sum a list of numbers over all ranks (exact for integer counts below 2**53)."""
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        if self.enabled:
-            dist.all_reduce(t)
-        return t.tolist()
-
-    def all_gather_object(self, obj):
-        """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
-        if not self.enabled:
-            return [obj]
-        out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-    def from_main(self, fn):
-        """fn() run on rank 0 only, its result (or its UserError) given to every rank."""
-        result = None
-        if self.is_main:
-            try:
-                result = ('ok', fn())
-            except UserError as e:
-                result = ('error', str(e))
-        if self.enabled:
-            box = [result]
-            dist.broadcast_object_list(box, 0)
-            result = box[0]
-        if result[0] == 'error':
-            raise UserError(result[1])
-        return result[1]
-
-    def broadcast_buffers(self, model):
-        """Give every rank rank 0's buffers (BN statistics). DDP syncs them at the start of each training
-        forward, so after the last step each rank holds statistics updated by its own batch only."""
-        if self.enabled:
-            for buf in model.buffers():
-                dist.broadcast(buf, 0)
-
-    def wrap(self, model, device, **ddp_kwargs):
-        """model in DistributedDataParallel under torchrun (gradients averaged over ranks), else model itself.
-        Save and evaluate the unwrapped model: its state_dict has no `module.` prefix."""
-        if not self.enabled:
-            return model
-        return torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == 'cuda' else None, **ddp_kwargs)
-
-    def close(self):
-        if self.enabled and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-# --- checkpoints ------------------------------------------------------------------------------------
+# --- atomic file writes -----------------------------------------------------------------------------
 
 DISK_ERRORS = {errno.ENOSPC: 'the disk is full', errno.EDQUOT: 'the disk quota is exceeded',
                errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission denied',
@@ -518,7 +347,7 @@ def write_guard(path, tmp=None):
                         'the files written before are intact') from None
 
 
-def _replace_atomically(path, data):
+def replace_atomically(path, data):
     """Write bytes to path.tmp, fsync, then os.replace onto path: a crash never leaves a half-written file, and
     a full disk leaves the previous version in place (UserError, temporary file removed)."""
     path = Path(path)
@@ -545,95 +374,6 @@ def append_line(path, line):
         raise
 
 
-def save_checkpoint(state, path):
-    """torch.save (serialized in memory, so that write errors are plain OSErrors), atomically."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return _replace_atomically(path, buf.getbuffer())
-
-
 def atomic_write_text(path, text):
     """Write a text file atomically."""
-    return _replace_atomically(path, text.encode())
-
-
-def _newest_inside(directory, pattern):
-    """The last file matching pattern in directory in natural order (epoch 10 after epoch 9), else the pattern."""
-    natural = lambda p: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', p.name)]   # noqa: E731
-    found = sorted(Path(directory).glob(pattern), key=natural)
-    return found[-1] if found else Path(directory) / pattern
-
-
-def load_checkpoint(path, map_location='cpu', inside='*.pth.tar'):
-    """torch.load(weights_only=True); a missing or unreadable file is a UserError. A directory is refused with
-    the file inside it that is expected (`inside`: a name or glob pattern)."""
-    if os.path.isdir(path):
-        raise UserError(f'{path} is a directory, not a checkpoint file; pass the file inside it, e.g. '
-                        f'{_newest_inside(path, inside)}')
-    if not os.path.isfile(path):
-        raise UserError(f'checkpoint {path} does not exist; check the path')
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f'cannot load checkpoint {path} as plain tensors ({first}); '
-                        'it is truncated or not a PyTorch checkpoint of this project or the reference')
-
-
-def strip_module_prefix(state_dict):
-    """Keys saved from a wrapped model start with 'module.' (DistributedDataParallel) or '_orig_mod.'
-    (torch.compile), in either order; drop them."""
-    for prefix in ('_orig_mod.', 'module.', '_orig_mod.'):
-        if state_dict and all(k.startswith(prefix) for k in state_dict):
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
-    return state_dict
-
-
-def load_state_checked(model, state_dict, source):
-    """load_state_dict(strict=True) with a one-line UserError naming the first mismatches."""
-    state_dict = strip_module_prefix(state_dict)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}'
-              for k, v in own.items() if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append(f'{len(shapes)} shape mismatches, e.g. {"; ".join(shapes[:2])}')
-        if missing:
-            parts.append(f'{len(missing)} missing keys, e.g. {missing[0]}')
-        if unexpected:
-            parts.append(f'{len(unexpected)} unexpected keys, e.g. {unexpected[0]}')
-        raise UserError(f'checkpoint {source} does not fit this model ({", ".join(parts)}); '
-                        'pass the --init_channels / --layers / dataset it was trained with')
-    model.load_state_dict(state_dict, strict=True)
-
-
-# --- accuracy, counting ---------------------------------------------------------------------
-
-def topk_correct(logits, target, topk=(1,)):
-    """Number of samples whose target is among the top-k logits, for each k (0-dim tensors on the
-    logits' device, so summing them needs no synchronization)."""
-    maxk = min(max(topk), logits.size(1))
-    pred = logits.topk(maxk, dim=1).indices                 # (N, maxk)
-    hit = pred.eq(target.view(-1, 1))                        # (N, maxk)
-    return [hit[:, :min(k, maxk)].any(dim=1).sum() for k in topk]
-
-
-def count_parameters(model, skip='auxiliary'):
-    """Number of parameter elements, leaving out those whose name contains `skip`."""
-    return sum(p.numel() for n, p in model.named_parameters() if not (skip and skip in n))
-
-
-def count_macs(model, example_input, *forward_args):
-    """Multiply-adds of one forward pass in eval mode, counted by torch.utils.flop_counter
-    (convolutions and matrix products; FLOPs / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(example_input, *forward_args)
-    model.train(was_training)
-    return counter.get_total_flops() // 2
+    return replace_atomically(path, text.encode())

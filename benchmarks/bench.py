@@ -67,7 +67,7 @@ def _sync(device):
 
 def _use_reference_forward():
     """Make the supernet compute every op's own ReLU and the `none` edges, as the reference does."""
-    from train_supernet.super_model import Network
+    from spaces.darts_supernet import Network
     Network.forward_candidate = lambda self, x, c: self.forward_reference(x, c[:14], c[14:])
 
 
@@ -76,10 +76,10 @@ def bench_supernet_train(device, s, variant):
     import torch
     import genotypes
     from data import BatchLoader, synthetic_arrays
-    from train_supernet.super_model import Network
+    from spaces.darts_supernet import Network
     from train_supernet.train import get_args_parser, train_step
     from train_supernet.heap import HeapTrimmer
-    from utils import make_scaler
+    from devices import make_scaler
     if variant == 'reference_forward':
         _use_reference_forward()
     torch.manual_seed(0)
@@ -111,7 +111,7 @@ def bench_score(device, s, metric, variant):
     import genotypes
     from data import SearchData, synthetic_arrays
     from evolutionary_search import metrics
-    from train_supernet.super_model import Network
+    from spaces.darts_supernet import Network
     if variant == 'reference_forward':
         _use_reference_forward()
     if variant == 'no_grad':
@@ -147,9 +147,9 @@ def bench_retrain_cifar(device, s, variant):
     import torch
     import genotypes
     from data import BatchLoader, synthetic_arrays
-    from retrain.model import NetworkCIFAR
+    from spaces.darts_network import NetworkCIFAR
     from retrain.train_loop import train_step
-    from utils import make_scaler
+    from devices import make_scaler
     torch.manual_seed(0)
     fmt = torch.contiguous_format if variant == 'contiguous' else torch.channels_last
     model = NetworkCIFAR(s['C'], 10, s['layers'], True, genotypes.GENAS_FLATNESS_CIFAR10).to(device)
@@ -184,9 +184,9 @@ def bench_retrain_compile(device, s, variant):
     import torch
     import genotypes
     from data import BatchLoader, synthetic_arrays
-    from retrain.model import NetworkCIFAR
+    from spaces.darts_network import NetworkCIFAR
     from retrain.train_loop import train_step
-    from utils import amp_dtype, make_scaler
+    from devices import amp_dtype, make_scaler
     torch.manual_seed(0)
     fmt = torch.channels_last
     eager = NetworkCIFAR(s['C'], 10, s['layers'], True, genotypes.GENAS_FLATNESS_CIFAR10).to(device)
@@ -360,7 +360,7 @@ def parse_ranks(text):
 
 def worker(name, device_name, tiny):
     import torch
-    from utils import choose_device
+    from devices import choose_device
     device = choose_device(device_name)
     workload, _, variant = name.partition(':')
     s = settings(tiny)
@@ -376,7 +376,7 @@ def worker(name, device_name, tiny):
 
 
 def main(argv=None):
-    from utils import ArgumentParser         # argparse with one-line errors (exit status 2)
+    from utils import ArgumentParser
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default=None, choices=['cpu', 'cuda', 'auto'],
                    help='device (default: cpu; cuda with --search_ranks)')

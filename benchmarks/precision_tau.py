@@ -54,7 +54,7 @@ def main(argv=None):
                   ['bf16', 'fp16'] if args.device == 'cpu' else ['tf32', 'bf16', 'fp16'])
     sargs = search.parse_args(['--model_path', args.model_path, '--device', args.device, '--max_train_img_size', '256',
                                '--max_val_img_size', '512', '--save', '/nonexistent-unused', *rest])
-    from utils import choose_device
+    from devices import choose_device
     ctx = search.build_context(sargs, choose_device(sargs.device))
     rng = random.Random(0)
     cands = [genotypes.random_candidate(rng) for _ in range(args.candidates)]

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from utils import UserError, count_macs, count_parameters, require
+from counting import count_macs, count_parameters
+from utils import UserError, require
 
 NETWORKS = ('imagenet', 'cifar')
 IMAGENET_INPUT = (3, 224, 224)          # the mobile setting of stage 3

@@ -27,8 +27,10 @@ from data import BatchLoader
 from evolutionary_search import zero_cost
 from spaces import get_space
 from spaces.darts import angle_vector, cell_paths, op_weights  # noqa: F401 (the DARTS layout, named here before)
-from train_supernet.super_model import evaluate_candidate
-from utils import UserError, count_macs, count_parameters, derive_seed
+from spaces.supernet import evaluate_candidate
+from counting import count_macs, count_parameters
+from seeding import derive_seed
+from utils import UserError
 
 WLM_EPS = 1e-5
 

@@ -32,10 +32,11 @@ from evolutionary_search.metrics import METRICS, NEEDS_INIT, PRECISIONS, Scoring
 from evolutionary_search.runner import CHECKPOINT, read_search, run_search, score_given  # noqa: E402
 from evolutionary_search.supernet_io import INHERITED, fill_inherited, load_init_supernet, load_supernet  # noqa: E402
 from spaces import SPACE_NAMES  # noqa: E402
-from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, choose_device, lock_run_dir,  # noqa: E402
-                   locks_released, logger, parse_stds, pop_noop_flags, require, resolve_run_paths,
-                   restarts_from_beginning, run_cli, seed_everything)
-from utils import memory_format  # noqa: E402
+from devices import choose_device, memory_format  # noqa: E402
+from distributed import Dist  # noqa: E402
+from seeding import seed_everything  # noqa: E402
+from utils import (ArgumentParser, Run, UserError, add_noop_flags, lock_run_dir, locks_released, logger,  # noqa: E402
+                   parse_stds, pop_noop_flags, require, resolve_run_paths, restarts_from_beginning, run_cli)
 
 # Flags that change scores or proposals: a resumed search must use the same values.
 SCORE_FLAGS = ['metric', 'stds', 'seed', 'max_train_img_size', 'max_val_img_size', 'wlm_weight', 'acc_weight',

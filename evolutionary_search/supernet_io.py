@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 from data import inherit_split
 from spaces import get_space
-from utils import UserError, load_checkpoint, load_state_checked
+from checkpoints import load_checkpoint, load_state_checked
+from utils import UserError
 
 # Data flags that default to the values the supernet was trained with (stored in stage-1 checkpoints),
 # with the value assumed for checkpoints that do not record them (the reference trains on CIFAR-100).

@@ -30,12 +30,13 @@ import torch.nn as nn  # noqa: E402
 import data  # noqa: E402
 import genotypes  # noqa: E402
 from proxy_study.cells import add_cell_args, select_cells  # noqa: E402
-from retrain.model import NetworkCIFAR  # noqa: E402
+from spaces.darts_network import NetworkCIFAR  # noqa: E402
 from retrain.train_loop import evaluate, train_one_epoch  # noqa: E402
-from utils import (ArgumentParser, Dist, UserError, atomic_write_text, choose_device, count_macs,  # noqa: E402
-                   count_parameters, derive_seed, logger, make_scaler, require, run_cli, seed_everything,
-                   setup_logging)
-from utils import memory_format  # noqa: E402
+from counting import count_macs, count_parameters  # noqa: E402
+from devices import choose_device, make_scaler, memory_format  # noqa: E402
+from distributed import Dist  # noqa: E402
+from seeding import derive_seed, seed_everything  # noqa: E402
+from utils import ArgumentParser, UserError, atomic_write_text, logger, require, run_cli, setup_logging  # noqa: E402
 
 OUTPUT, PROTOCOL_FILE, PAIRS = 'ground_truth.jsonl', 'protocol.json', 'pairs'
 # The flags that define the training protocol: recorded in every line, fixed for a run directory.

@@ -28,8 +28,9 @@ from proxy_study.cells import MIN_CELLS, add_cell_args, select_cells  # noqa: E4
 from proxy_study.records import read_ground_truth, read_scores  # noqa: E402
 from proxy_study.scoring import OUTPUT, SETTINGS, add_score_args, build_context, check_score_args, score_cells  # noqa: E402
 from spaces import get_space, nb201_bench  # noqa: E402
-from utils import (ArgumentParser, UserError, atomic_write_text, choose_device, lock_run_dir,  # noqa: E402
-                   locks_released, logger, run_cli, seed_everything)
+from devices import choose_device  # noqa: E402
+from seeding import seed_everything  # noqa: E402
+from utils import (ArgumentParser, UserError, atomic_write_text, lock_run_dir, locks_released, logger, run_cli)  # noqa: E402
 
 SEEDS_NOTE = "the mean over the benchmark's seeds (is_random=False)"
 

@@ -18,7 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhe
 
 from proxy_study.records import read_ground_truth  # noqa: E402
 from proxy_study.scoring import add_score_args, build_context, check_score_args, score_cells  # noqa: E402
-from utils import ArgumentParser, choose_device, run_cli, seed_everything  # noqa: E402
+from devices import choose_device  # noqa: E402
+from seeding import seed_everything  # noqa: E402
+from utils import ArgumentParser, run_cli  # noqa: E402
 
 
 def get_args_parser():

@@ -20,7 +20,8 @@ from evolutionary_search.supernet_io import fill_inherited, load_init_supernet, 
 from genotypes import GenotypeError
 from proxy_study.records import read_jsonl
 from spaces import SPACE_NAMES
-from utils import UserError, atomic_write_text, logger, memory_format, parse_stds, require, setup_logging
+from devices import memory_format
+from utils import UserError, atomic_write_text, logger, parse_stds, require, setup_logging
 
 OUTPUT, SETTINGS = 'scores.jsonl', 'settings.json'
 # Flags that change scores: fixed for a run directory.

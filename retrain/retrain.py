@@ -30,14 +30,17 @@ import torch.nn as nn  # noqa: E402
 
 import data  # noqa: E402
 import genotypes  # noqa: E402
-from resume import claim_run_dir, resume_training  # noqa: E402
-from retrain.model import NetworkCIFAR, NetworkImageNet  # noqa: E402
+from training import (claim_run_dir, require_finite_loss, require_finite_weights, resume_training,  # noqa: E402
+                      stop_requested)
+from spaces.darts_network import NetworkCIFAR, NetworkImageNet  # noqa: E402
 from retrain.train_loop import CHECKPOINT, diverged_fix, evaluate, make_loaders, train_one_epoch  # noqa: E402
-from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, choose_device, count_macs,  # noqa: E402
-                   count_parameters, derive_seed, get_rng_state, load_checkpoint, load_state_checked, locks_released,
-                   logger, make_scaler, memory_format, pop_noop_flags, require, require_finite_loss,
-                   require_finite_weights, resolve_run_paths, restarts_from_beginning, run_cli, save_checkpoint,
-                   seed_everything, setup_logging, stop_requested)
+from checkpoints import load_checkpoint, load_state_checked, save_checkpoint  # noqa: E402
+from counting import count_macs, count_parameters  # noqa: E402
+from devices import choose_device, make_scaler, memory_format  # noqa: E402
+from distributed import Dist  # noqa: E402
+from seeding import derive_seed, get_rng_state, seed_everything  # noqa: E402
+from utils import (ArgumentParser, Run, UserError, add_noop_flags, locks_released, logger, pop_noop_flags, require,  # noqa: E402
+                   resolve_run_paths, restarts_from_beginning, run_cli, setup_logging)
 
 BEST = 'model_best.pth.tar'
 DATASETS = ['imagenet'] + data.DATASETS

@@ -6,8 +6,10 @@ import torch
 import torch.nn as nn
 
 from data import BatchLoader, imagenet_folders, load_arrays
-from utils import (amp_dtype, backward_and_step, logger, memory_format, progress, require_finite_loss, resume_hint,
-                   topk_correct)
+from counting import topk_correct
+from devices import amp_dtype, memory_format
+from training import backward_and_step, require_finite_loss, resume_hint
+from utils import logger, progress
 
 CHECKPOINT = 'checkpoint.pth.tar'
 

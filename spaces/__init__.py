@@ -6,16 +6,21 @@ vector and the stand-alone network.
     cand = space.random_candidate(random.Random(0))
     net = space.build_supernet(C=16, num_classes=10, layers=5)
 
-- `darts`: the DARTS space of the reference (genotypes.py, operations.py, train_supernet/super_model.py).
+- `darts`: the DARTS space of the reference (genotypes.py, operations.py; spaces/darts.py, the supernet in
+  spaces/darts_supernet.py, stage 3's networks in spaces/darts_network.py).
 - `nb201`: NAS-Bench-201 (spaces/nb201.py, spaces/nb201_model.py; ground truth in spaces/nb201_bench.py).
+
+The supernet contract every space's supernet follows is spaces/supernet.py.
 """
 SPACE_NAMES = ('darts', 'nb201')
+DEFAULT_SPACE = 'darts'    # what the reference searches; also the space of checkpoints that record none
 _CACHE = {}
 
 
-def get_space(name='darts'):
-    """The SearchSpace called `name` (one instance per name). Imported lazily: a space's modules load
-    only when it is used."""
+def get_space(name=None):
+    """The SearchSpace called `name` (None: DEFAULT_SPACE), one instance per name. Imported lazily: a space's
+    modules load only when it is used."""
+    name = name or DEFAULT_SPACE
     if name not in SPACE_NAMES:
         from genotypes import GenotypeError
         raise GenotypeError(f'unknown search space {name!r}; choose one of {", ".join(SPACE_NAMES)}')

@@ -79,9 +79,10 @@ class SearchSpace:
         """The candidate's weights in `model` as one float64 vector (the angle metric)."""
         raise NotImplementedError
 
-    def standalone(self, candidate, C, num_classes, layers):
-        """The fixed network of one candidate at a supernet's width and depth (DARTS: retrain's NetworkCIFAR,
-        whose forward returns (logits, None) without auxiliary head; NB201: the benchmark's network)."""
+    def standalone(self, candidate, C, num_classes, layers, auxiliary=False):
+        """The fixed network of one candidate at a supernet's width and depth (DARTS: stage 3's NetworkCIFAR,
+        whose forward returns (logits, logits_aux), logits_aux None without the auxiliary head; NB201: the
+        benchmark's network, which has none)."""
         raise NotImplementedError
 
     # --- cost budgets (evolutionary_search/budget.py) ------------------------------------------------

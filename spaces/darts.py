@@ -1,5 +1,9 @@
-"""The DARTS space behind the SearchSpace interface: today's genotypes.py, operations.py and
-train_supernet/super_model.py, unchanged; this module adds the angle-vector layout (SPEC section 4)."""
+"""The DARTS space behind the SearchSpace interface: the cell encoding of genotypes.py, the supernet of
+spaces/darts_supernet.py, the stand-alone networks of spaces/darts_network.py, and the angle-vector layout.
+
+    space = get_space('darts')
+    net = space.network(genotypes.DARTS_V2, C=48, num_classes=1000, layers=14, imagenet=True)   # stage 3
+"""
 
 import random
 
@@ -9,7 +13,8 @@ import genotypes
 from genotypes import EDGES_PER_CELL, NODE_SLICES, PRIMITIVES
 from operations import FactorizedReduce
 from spaces.base import SearchSpace, conv_bn_weights
-from train_supernet.super_model import Network
+from spaces.darts_network import NetworkCIFAR, NetworkImageNet
+from spaces.darts_supernet import Network
 
 
 # --- angle ---------------------------------------------------------------------------------------
@@ -30,7 +35,7 @@ def cell_paths():
 
 
 def op_weights(mixed_op, code):
-    """The tensors one op contributes to the angle vector (SPEC section 4)."""
+    """The tensors one op contributes to the angle vector, in the reference's order."""
     op = mixed_op.ops[code]
     name = PRIMITIVES[code]
     if 'pool' in name:                       # PoolBN: constant 1/9 kernel + BN affine
@@ -95,7 +100,7 @@ def uniform_sample(n, seed):
 
 
 class DartsSpace(SearchSpace):
-    """28 ints (normal 14, reduce 14), repaired so every node keeps two inputs (SPEC section 1)."""
+    """28 ints (normal 14, reduce 14), repaired so every node keeps two inputs, as the reference's check_cand."""
     name = 'darts'
     candidate_len = genotypes.CANDIDATE_LEN
     default_layers = 8
@@ -157,9 +162,14 @@ class DartsSpace(SearchSpace):
     def angle_vector(self, model, candidate):
         return angle_vector(model, candidate)
 
-    def standalone(self, candidate, C, num_classes, layers):
-        from retrain.model import NetworkCIFAR     # stage-3 logic, only needed here
-        return NetworkCIFAR(C, num_classes, layers, False, genotypes.decode(candidate))
+    def standalone(self, candidate, C, num_classes, layers, auxiliary=False):
+        return self.network(genotypes.decode(candidate), C, num_classes, layers, auxiliary)
+
+    def network(self, genotype, C, num_classes, layers, auxiliary=False, imagenet=False):
+        """Stage 3's network of a Genotype (any published cell, also 5-node ones outside the 28-int space):
+        NetworkImageNet (224x224 input) with `imagenet`, else NetworkCIFAR (32x32 and smaller)."""
+        cls = NetworkImageNet if imagenet else NetworkCIFAR
+        return cls(C, num_classes, layers, auxiliary, genotype)
 
     # Stage 3's defaults (retrain/retrain.py): ImageNet C=48, 14 cells (224x224); CIFAR C=36, 20 cells.
     budget_shapes = {'imagenet': (48, 14), 'cifar': (36, 20)}
@@ -171,7 +181,4 @@ class DartsSpace(SearchSpace):
         return half + half
 
     def budget_network(self, kind, candidate, C, num_classes, layers):
-        if kind == 'cifar':
-            return self.standalone(candidate, C, num_classes, layers)
-        from retrain.model import NetworkImageNet     # stage-3 logic, only needed here
-        return NetworkImageNet(C, num_classes, layers, False, genotypes.decode(candidate))
+        return self.network(genotypes.decode(candidate), C, num_classes, layers, imagenet=kind == 'imagenet')

@@ -19,7 +19,7 @@ import torch.nn as nn
 from operations import Identity, ReLUConvBN, Zero
 from spaces.base import conv_bn_weights
 from spaces.nb201 import EDGES, NODES, OPS, check_candidate
-from train_supernet.super_model import SinglePathModel
+from spaces.supernet import SinglePathModel
 
 # name -> constructor(C): one signature, as operations.OPS.
 NB201_OPS = {

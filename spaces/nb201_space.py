@@ -79,7 +79,9 @@ class NB201Space(SearchSpace):
     def angle_vector(self, model, candidate):
         return angle_vector(model, candidate)
 
-    def standalone(self, candidate, C, num_classes, layers):
+    def standalone(self, candidate, C, num_classes, layers, auxiliary=False):
+        if auxiliary:
+            raise GenotypeError('NAS-Bench-201 networks have no auxiliary head; leave --auxiliary off')
         return NB201Network(candidate, C, num_classes, layers)
 
     budget_shapes = {'cifar': (16, 5)}     # the benchmark's network (C=16, N=5); no ImageNet-size network

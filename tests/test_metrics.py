@@ -9,7 +9,7 @@ import torch
 import genotypes as G
 from data import load_search_data
 from evolutionary_search import metrics as M
-from train_supernet.super_model import Network
+from spaces.darts_supernet import Network
 
 
 def tiny_data():

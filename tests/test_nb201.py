@@ -137,7 +137,7 @@ def _loss_acc(net, loader):
 
 
 def test_acc_and_flatness_equal_a_direct_computation_on_the_standalone_network(ctx):
-    from utils import derive_seed
+    from seeding import derive_seed
     cand = [3, 2, 4, 0, 3, 1]
     before = {k: v.clone() for k, v in ctx.model.state_dict().items()}
     acc = M.score_acc(ctx, cand)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoints
+import training
 import utils
 from conftest import ROOT, cli_exit_code, snapshot_dir
 from evolutionary_search import search
@@ -175,21 +177,21 @@ def test_diverged_run_exits_2_and_saves_nothing_non_finite(stage, argv, tmp_path
 
 
 def test_resume_hint_names_a_checkpoint_that_exists(tmp_path):
-    assert '--resume' in utils.resume_hint(tmp_path, 'last.pth.tar') and 'starts over' in utils.resume_hint(
+    assert '--resume' in training.resume_hint(tmp_path, 'last.pth.tar') and 'starts over' in training.resume_hint(
         tmp_path, 'last.pth.tar')
     (tmp_path / 'last.pth.tar').write_bytes(b'x')
-    assert utils.resume_hint(tmp_path, 'last.pth.tar') == f'resume from {tmp_path / "last.pth.tar"} (the last good ' \
+    assert training.resume_hint(tmp_path, 'last.pth.tar') == f'resume from {tmp_path / "last.pth.tar"} (the last good ' \
                                                           'checkpoint)'
 
 
 def test_require_finite_weights_counts_bad_tensors():
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-    utils.require_finite_weights(net, 'here', 'fix')
+    training.require_finite_weights(net, 'here', 'fix')
     with torch.no_grad():
         net[1].running_var[0] = float('inf')
         net[0].weight[1, 1] = float('nan')
     with pytest.raises(utils.UserError, match=r'^2 weight tensors became NaN or infinite here \(e.g. 0.weight\)'):
-        utils.require_finite_weights(net, 'here', 'fix')
+        training.require_finite_weights(net, 'here', 'fix')
 
 
 # --- one writer per run directory -----------------------------------------------------------------------
@@ -258,14 +260,14 @@ def tmpfs(tmp_path):
 def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
     """Runs everywhere: ENOSPC faked at the fsync of the temporary file."""
     path = tmp_path / 'last.pth.tar'
-    utils.save_checkpoint({'epoch': 1}, path)
+    checkpoints.save_checkpoint({'epoch': 1}, path)
     old = path.read_bytes()
 
     def full(fd):
         raise OSError(errno.ENOSPC, 'No space left on device')
     monkeypatch.setattr(utils.os, 'fsync', full)
     with pytest.raises(utils.UserError, match=rf'^{path} was not written: the disk is full; free space'):
-        utils.save_checkpoint({'epoch': 2}, path)
+        checkpoints.save_checkpoint({'epoch': 2}, path)
     assert path.read_bytes() == old and sorted(p.name for p in tmp_path.iterdir()) == ['last.pth.tar']
 
 
@@ -304,7 +306,7 @@ def test_stage1_checkpoint_on_a_full_disk(tmpfs, capsys):
     assert code == 2 and len(lines) == 1, err
     assert f'{run / "checkpoint_epoch_2.pth.tar"} was not written: the disk is full' in lines[0]
     assert not list(run.glob('*.tmp')) and 'Traceback' not in err
-    assert utils.load_checkpoint(run / 'last.pth.tar')['epoch'] == 1
+    assert checkpoints.load_checkpoint(run / 'last.pth.tar')['epoch'] == 1
 
 
 def test_search_on_a_full_disk(runs, tmpfs, capsys):

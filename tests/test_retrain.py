@@ -13,9 +13,10 @@ import genotypes as G
 from conftest import (ROOT, cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, slow_params,
                       snapshot_dir)
 from retrain import retrain
-from retrain.model import NetworkCIFAR, NetworkImageNet, drop_path
+from spaces.darts_network import NetworkCIFAR, NetworkImageNet, drop_path
 from retrain.visualize import cell_dot, plot_genotype
-from utils import count_macs, count_parameters, read_metrics
+from counting import count_macs, count_parameters
+from utils import read_metrics
 
 TINY = ['--dataset', 'synthetic', '--arch', 'DARTS_V2', '--init_channels', 8, '--layers', 3, '--batch_size', 32,
         '--learning_rate', 0.05, '--train_subset', 256, '--test_subset', 128, '--report_freq', 4, '--seed', 1,

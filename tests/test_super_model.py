@@ -3,7 +3,7 @@ import random
 import torch
 
 import genotypes as G
-from train_supernet.super_model import Network
+from spaces.darts_supernet import Network
 
 
 def test_state_dict_matches_the_reference_numbers():

@@ -6,7 +6,7 @@ import torch
 
 from conftest import cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, slow_params, snapshot_dir
 from train_supernet import heap, train
-from train_supernet.super_model import Network
+from spaces.darts_supernet import Network
 from utils import read_metrics
 
 TINY = ['--dataset', 'synthetic', '--init_channels', 4, '--layers', 3, '--batch_size', 32, '--train_subset', 192,

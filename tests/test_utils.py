@@ -5,6 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+import checkpoints
+import counting
+import seeding
 import utils
 from utils import UserError
 
@@ -22,14 +25,14 @@ def test_topk_correct_by_hand():
                            [0.9, 0.05, 0.05],   # top1 = 0
                            [0.2, 0.3, 0.5]])    # top1 = 2, top2 = {2, 1}
     target = torch.tensor([2, 0, 0])
-    assert utils.topk_correct(logits, target, (1, 2, 3)) == [1, 2, 3]
+    assert counting.topk_correct(logits, target, (1, 2, 3)) == [1, 2, 3]
 
 
 def test_count_macs_and_parameters_by_hand():
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
-    macs = utils.count_macs(model, torch.zeros(1, 3, 8, 8))
+    macs = counting.count_macs(model, torch.zeros(1, 3, 8, 8))
     assert macs == 4 * 3 * 9 * 64 + 256 * 10
-    assert utils.count_parameters(model) == 4 * 3 * 9 + 256 * 10 + 10
+    assert counting.count_parameters(model) == 4 * 3 * 9 + 256 * 10 + 10
 
 
 def test_count_parameters_skips_auxiliary():
@@ -38,44 +41,44 @@ def test_count_parameters_skips_auxiliary():
             super().__init__()
             self.body = nn.Linear(2, 3)
             self.auxiliary_head = nn.Linear(3, 4)
-    assert utils.count_parameters(M()) == 9
-    assert utils.count_parameters(M(), skip=None) == 9 + 16
+    assert counting.count_parameters(M()) == 9
+    assert counting.count_parameters(M(), skip=None) == 9 + 16
 
 
 def test_checkpoint_is_atomic_and_weights_only(tmp_path):
     path = tmp_path / 'c.pth.tar'
-    utils.save_checkpoint({'w': torch.arange(3), 'rng': utils.get_rng_state(), 'epoch': 2}, path)
+    checkpoints.save_checkpoint({'w': torch.arange(3), 'rng': seeding.get_rng_state(), 'epoch': 2}, path)
     assert path.exists() and not (tmp_path / 'c.pth.tar.tmp').exists()
-    ck = utils.load_checkpoint(path)
+    ck = checkpoints.load_checkpoint(path)
     assert torch.equal(ck['w'], torch.arange(3)) and ck['epoch'] == 2
     (tmp_path / 'junk.pth.tar').write_bytes(b'not a checkpoint')
     with pytest.raises(UserError, match='cannot load checkpoint'):
-        utils.load_checkpoint(tmp_path / 'junk.pth.tar')
+        checkpoints.load_checkpoint(tmp_path / 'junk.pth.tar')
     with pytest.raises(UserError, match='does not exist'):
-        utils.load_checkpoint(tmp_path / 'missing.pth.tar')
+        checkpoints.load_checkpoint(tmp_path / 'missing.pth.tar')
 
 
 def test_rng_state_roundtrip_through_a_checkpoint(tmp_path):
-    utils.seed_everything(5)
-    utils.save_checkpoint({'rng': utils.get_rng_state()}, tmp_path / 'r.pt')
+    seeding.seed_everything(5)
+    checkpoints.save_checkpoint({'rng': seeding.get_rng_state()}, tmp_path / 'r.pt')
     first = (random.random(), np.random.rand(), torch.rand(1).item())
-    utils.seed_everything(99)
-    utils.set_rng_state(utils.load_checkpoint(tmp_path / 'r.pt')['rng'])
+    seeding.seed_everything(99)
+    seeding.set_rng_state(checkpoints.load_checkpoint(tmp_path / 'r.pt')['rng'])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
 
 
 def test_derive_seed_is_a_pure_function():
-    assert utils.derive_seed(1, 'x', [1, 2]) == utils.derive_seed(1, 'x', [1, 2])
-    assert utils.derive_seed(1, 'x', [1, 2]) != utils.derive_seed(1, 'x', [2, 1])
-    assert 0 <= utils.derive_seed('a') < 2**63
+    assert seeding.derive_seed(1, 'x', [1, 2]) == seeding.derive_seed(1, 'x', [1, 2])
+    assert seeding.derive_seed(1, 'x', [1, 2]) != seeding.derive_seed(1, 'x', [2, 1])
+    assert 0 <= seeding.derive_seed('a') < 2**63
 
 
 def test_load_state_checked_names_the_shapes():
     small, big = nn.Linear(2, 3), nn.Linear(2, 4)
     with pytest.raises(UserError, match=r'weight: checkpoint \(4, 2\) vs model \(3, 2\)'):
-        utils.load_state_checked(small, big.state_dict(), 'x.pth')
+        checkpoints.load_state_checked(small, big.state_dict(), 'x.pth')
     prefixed = {f'module.{k}': v for k, v in small.state_dict().items()}
-    utils.load_state_checked(nn.Linear(2, 3), prefixed, 'ddp.pth')   # DDP prefix is stripped
+    checkpoints.load_state_checked(nn.Linear(2, 3), prefixed, 'ddp.pth')   # DDP prefix is stripped
 
 
 @pytest.mark.parametrize('prefix', ['module.', '_orig_mod.', 'module._orig_mod.', '_orig_mod.module.'])
@@ -83,9 +86,9 @@ def test_state_dicts_of_wrapped_models_load(prefix):
     """Keys saved through DistributedDataParallel and / or torch.compile wrappers load into the bare model."""
     saved = nn.Linear(2, 3)
     target = nn.Linear(2, 3)
-    utils.load_state_checked(target, {prefix + k: v for k, v in saved.state_dict().items()}, 'wrapped.pth')
+    checkpoints.load_state_checked(target, {prefix + k: v for k, v in saved.state_dict().items()}, 'wrapped.pth')
     assert torch.equal(target.weight, saved.weight) and torch.equal(target.bias, saved.bias)
-    assert list(utils.strip_module_prefix({'a.b': 1, prefix + 'c': 2})) == ['a.b', prefix + 'c']   # not all: kept
+    assert list(checkpoints.strip_module_prefix({'a.b': 1, prefix + 'c': 2})) == ['a.b', prefix + 'c']   # not all: kept
 
 
 def test_run_dir_metrics_and_truncation(tmp_path):

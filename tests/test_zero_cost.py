@@ -11,10 +11,10 @@ import torch.nn as nn
 import genotypes as G
 from evolutionary_search import metrics as M
 from evolutionary_search import zero_cost as Z
-from retrain.model import NetworkCIFAR
+from spaces.darts_network import NetworkCIFAR
 from test_metrics import tiny_data
-from train_supernet.super_model import Network
-from utils import count_parameters
+from spaces.darts_supernet import Network
+from counting import count_parameters
 
 CAND = G.encode(G.GENAS_FLATNESS_CIFAR10)
 

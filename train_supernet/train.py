@@ -28,13 +28,15 @@ import torch.nn as nn  # noqa: E402
 from data import BatchLoader, add_data_args, inherit_split, load_search_data, write_split_file  # noqa: E402
 from spaces import SPACE_NAMES, get_space  # noqa: E402
 from train_supernet.heap import HeapTrimmer  # noqa: E402
-from train_supernet.super_model import evaluate_candidate  # noqa: E402
-from resume import claim_run_dir, resume_training  # noqa: E402
-from utils import (ArgumentParser, Dist, Run, UserError, add_noop_flags, amp_dtype, backward_and_step,  # noqa: E402
-                   choose_device, derive_seed, get_rng_state, load_checkpoint, load_state_checked, locks_released,
-                   logger, make_scaler, memory_format, pop_noop_flags, progress, require, require_finite_loss,
-                   require_finite_weights, restarts_from_beginning, resolve_run_paths, resume_hint, run_cli,
-                   save_checkpoint, seed_everything, set_rng_state, stop_requested)
+from spaces.supernet import evaluate_candidate  # noqa: E402
+from training import (backward_and_step, claim_run_dir, require_finite_loss, require_finite_weights, resume_hint,  # noqa: E402
+                      resume_training, stop_requested)
+from checkpoints import load_checkpoint, load_state_checked, save_checkpoint  # noqa: E402
+from devices import amp_dtype, choose_device, make_scaler, memory_format  # noqa: E402
+from distributed import Dist  # noqa: E402
+from seeding import derive_seed, get_rng_state, seed_everything, set_rng_state  # noqa: E402
+from utils import (ArgumentParser, Run, UserError, add_noop_flags, locks_released, logger, pop_noop_flags,  # noqa: E402
+                   progress, require, restarts_from_beginning, resolve_run_paths, run_cli)
 
 LAST, INITIAL = 'last.pth.tar', 'checkpoint_epoch_0.pth.tar'
 

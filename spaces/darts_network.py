@@ -1,11 +1,11 @@
-"""Fixed-genotype networks for retraining (DARTS style, SPEC section 2).
+"""Stage 3's fixed-genotype networks of the DARTS space (the networks the reference retrains).
 
     NetworkCIFAR(C, num_classes, layers, auxiliary, genotype)      # 32x32 input
     NetworkImageNet(C, num_classes, layers, auxiliary, genotype)   # 224x224 input (mobile setting)
 
 Both have a `drop_path_prob` attribute (set it every epoch) and return (logits, logits_aux), where
-logits_aux is None unless training with the auxiliary head. Module names follow the reference
-(SPEC section 6), so its checkpoints load with strict=True (after dropping a `module.` prefix).
+logits_aux is None unless training with the auxiliary head. Module names are the reference's,
+so its checkpoints load with strict=True (after dropping the `module.` prefix of its DDP-saved files).
 """
 import torch
 import torch.nn as nn

@@ -1,0 +1,86 @@
+"""The torchrun environment: one helper that reads RANK / WORLD_SIZE / LOCAL_RANK, falls back to one process,
+and gates what only rank 0 does."""
+import os
+
+import torch
+import torch.distributed as dist
+
+from utils import UserError
+
+
+class Dist:
+    """The torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK); one process without it."""
+
+    def __init__(self):
+        self.rank = int(os.environ.get('RANK', 0))
+        self.world_size = int(os.environ.get('WORLD_SIZE', 1))
+        self.local_rank = int(os.environ.get('LOCAL_RANK', 0))
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def init(self, device, backend=None):
+        """Start the process group: `backend`, by default nccl on CUDA and gloo on CPU."""
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group(backend or ('nccl' if device.type == 'cuda' else 'gloo'))
+        return self
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+    def all_reduce_sum(self, values, device):
+        """Sum a list of numbers over all ranks (exact for integer counts below 2**53)."""
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        if self.enabled:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def all_gather_object(self, obj):
+        """[obj of rank 0, obj of rank 1, ...] on every rank (picklable objects)."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def from_main(self, fn):
+        """fn() run on rank 0 only, its result (or its UserError) given to every rank."""
+        result = None
+        if self.is_main:
+            try:
+                result = ('ok', fn())
+            except UserError as e:
+                result = ('error', str(e))
+        if self.enabled:
+            box = [result]
+            dist.broadcast_object_list(box, 0)
+            result = box[0]
+        if result[0] == 'error':
+            raise UserError(result[1])
+        return result[1]
+
+    def broadcast_buffers(self, model):
+        """Give every rank rank 0's buffers (BN statistics). DDP syncs them at the start of each training
+        forward, so after the last step each rank holds statistics updated by its own batch only."""
+        if self.enabled:
+            for buf in model.buffers():
+                dist.broadcast(buf, 0)
+
+    def wrap(self, model, device, **ddp_kwargs):
+        """model in DistributedDataParallel under torchrun (gradients averaged over ranks), else model itself.
+        Save and evaluate the unwrapped model: its state_dict has no `module.` prefix."""
+        if not self.enabled:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None, **ddp_kwargs)
+
+    def close(self):
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
