@@ -39,11 +39,24 @@ def run_cli(main, parse_args, argv=None):
         sys.exit(2)
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to a flag's help only where it tells something: not when the help already
+    states its default (it would say it twice), nor for a required flag, a default of None (the help says
+    what happens without the flag) or a suppressed default."""
+
+    def _get_help_string(self, action):
+        help = action.help or ''
+        if (action.required or action.default is None or action.default is argparse.SUPPRESS
+                or 'default' in help.lower()):
+            return help
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors (exit status 2) and defaults shown in --help."""
 
     def __init__(self, *args, **kwargs):
-        kwargs.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault('formatter_class', DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
 
     def error(self, message):

@@ -60,8 +60,9 @@ ZOO_CHANNELS = {'GENAS_FLATNESS_CIFAR10': 52, 'GENAS_ANGLE_FLATNESS_CIFAR10': 44
 
 
 def get_args_parser():
-    p = ArgumentParser(description='Stage 3: retrain a genotype (GeNAS). Defaults marked "per dataset" come '
-                                   'from SPEC section 5 for imagenet and the DARTS protocol otherwise.')
+    p = ArgumentParser(description='Stage 3: retrain a genotype (GeNAS). Defaults marked "per dataset" are '
+                                   'the reference\'s ImageNet recipe for imagenet (8 GPUs, global batch 1024, '
+                                   '250 epochs) and the DARTS CIFAR protocol for 32x32 images.')
     g = p.add_argument_group('reference flags')
     g.add_argument('--data_root', '--data', dest='data', default=None,
                    help='ImageNet folder with train/ and val/, or the CIFAR / Fashion-MNIST / ImageNet16 folder')
