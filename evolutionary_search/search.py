@@ -112,8 +112,8 @@ def get_args_parser():
     g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels-last memory format (faster on CPU)')
     g.add_argument('--score_precision', default='fp32', choices=PRECISIONS,
-                   help='numerics of scoring: fp32 (TF32 off), tf32, bf16 or fp16 autocast; see the README for '
-                        'the measured ranking agreement before using anything but fp32')
+                   help='numerics of scoring: fp32 (TF32 off), tf32, bf16 or fp16 autocast; see docs/performance.md '
+                        'for the measured ranking agreement before using anything but fp32')
     g.add_argument('--stop_after', type=int, default=0,
                    help='stop after scoring N candidates in this invocation (resumable; 0: off)')
     g = p.add_argument_group('cost budget (evolutionary_search/budget.py)')

@@ -112,7 +112,7 @@ def get_args_parser():
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='device of each process')
     g.add_argument('--compile', action=argparse.BooleanOptionalAction, default=False,
                    help='torch.compile the network for training and evaluation (compiles once per mode at the start; '
-                        'see the README for when it pays off)')
+                        'see docs/performance.md for when it pays off)')
     g.add_argument('--evaluate', default=None, metavar='CKPT', help='only validate this checkpoint')
     g.add_argument('--stop_after', type=int, default=0,
                    help='stop after N epochs of this invocation (resumable; 0: off)')

@@ -62,19 +62,36 @@ def snapshot_dir(path):
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob('*')) if p.is_file()}
 
 
-# --- the README's commands ---------------------------------------------------------------------------
-# Every ```bash block of README.md is preceded by a marker: <!-- test: run --> (executed as written, in
-# order, by the session fixture below), <!-- test: tiny --> (executed with --tiny appended: the demo and
-# the benchmark), <!-- test: ci --> (what .ci/run executes) or <!-- test: needs ... --> (GPUs or data
-# this machine cannot have).
+# --- the commands of README.md and docs/*.md -------------------------------------------------------------
+# Every ```bash block of README.md and of the docs pages is preceded by a marker: <!-- test: run --> (executed
+# as written, in order, by the session fixture below), <!-- test: tiny --> (executed with --tiny appended: the
+# demo and the benchmark), <!-- test: ci --> (what .ci/run executes) or <!-- test: needs ... --> (GPUs or data
+# this machine cannot have). The order is README.md, then DOC_PAGES, then any other page by name: a `run`
+# block may use what a `run` block before it wrote (stage 2's search reads stage 1's supernet).
 
 BLOCK = re.compile(r'(?:<!-- test: (?P<marker>[^>]*?) -->\n)?```bash\n(?P<body>.*?)```', re.S)
+DOC_PAGES = ('train_supernet.md', 'evolutionary_search.md', 'retrain.md', 'nas-bench-201-stages.md',
+             'nas-bench-201.md', 'proxy_study.md', 'reliability.md', 'performance.md', 'differences.md',
+             'extending.md', 'testing.md')
+
+
+def doc_files():
+    """README.md, then the docs pages: those of DOC_PAGES in that order, any other docs/*.md after them."""
+    docs = ROOT / 'docs'
+    pages = [docs / name for name in DOC_PAGES if (docs / name).is_file()]
+    pages += sorted(p for p in docs.glob('*.md') if p.name not in DOC_PAGES)
+    return [ROOT / 'README.md', *pages]
+
+
+def doc_blocks():
+    """[(file, marker or None, body)] of every bash block of README.md and the docs pages, in order."""
+    return [(path, m.group('marker'), m.group('body')) for path in doc_files()
+            for m in BLOCK.finditer(path.read_text())]
 
 
 def readme_blocks():
-    """[(marker or None, body)] of every bash block in README.md, in order."""
-    text = (ROOT / 'README.md').read_text()
-    return [(m.group('marker'), m.group('body')) for m in BLOCK.finditer(text)]
+    """[(marker or None, body)] of every bash block of README.md and the docs pages, in order."""
+    return [(marker, body) for _, marker, body in doc_blocks()]
 
 
 def _with_tiny(body):
@@ -85,8 +102,8 @@ def _with_tiny(body):
 
 @pytest.fixture(scope='session')
 def readme_runs(fmnist, tmp_path_factory):
-    """Run the README's offline commands in a sandbox that links the repository's files (so their
-    relative paths, runs/ included, resolve as in a checkout). Returns (sandbox, [(marker, body, proc)])."""
+    """Run the offline commands of README.md and the docs pages in a sandbox that links the repository's files
+    (so their relative paths, runs/ included, resolve as in a checkout). Returns (sandbox, [(marker, body, proc)])."""
     sandbox = tmp_path_factory.mktemp('readme')
     for entry in ROOT.iterdir():
         if entry.name not in ('.git', 'runs', 'cells', '.pytest_cache') and not entry.name.endswith('.jsonl'):

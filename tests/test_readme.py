@@ -4,17 +4,19 @@ import statistics
 
 import pytest
 
-from conftest import readme_blocks, run_script, snapshot_dir
+from conftest import doc_blocks, readme_blocks, run_script, snapshot_dir
 
 KNOWN = ('run', 'tiny', 'ci')
 
 
 def test_every_bash_block_is_marked():
-    blocks = readme_blocks()
+    blocks = doc_blocks()
     assert len(blocks) >= 10
-    for marker, body in blocks:
-        assert marker is not None, f'README block without a <!-- test: ... --> marker:\n{body}'
-        assert marker in KNOWN or marker.startswith('needs '), marker
+    assert {path.name for path, _, _ in blocks} >= {'README.md', 'train_supernet.md', 'evolutionary_search.md',
+                                                     'retrain.md', 'proxy_study.md', 'performance.md'}
+    for path, marker, body in blocks:
+        assert marker is not None, f'{path.name}: a bash block without a <!-- test: ... --> marker:\n{body}'
+        assert marker in KNOWN or marker.startswith('needs '), f'{path.name}: {marker}'
 
 
 def test_ci_block_is_what_ci_runs():
