@@ -14,7 +14,7 @@ from conftest import ROOT
 
 LEAVES = {'genotypes', 'operations', 'imagenet_reference'}
 STAGES = {'train_supernet', 'evolutionary_search', 'retrain'}
-TOP = {'demo', 'benchmarks', 'proxy_study'}
+TOP = {'demo', 'benchmarks', 'proxy_study', 'docs'}
 
 
 def project_modules(root=ROOT):
