@@ -15,10 +15,19 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+import genotypes  # noqa: E402
+from counting import count_macs, count_parameters  # noqa: E402
+from data import load_arrays  # noqa: E402
+from spaces import get_space  # noqa: E402
+from utils import ArgumentParser, UserError, read_metrics, run_cli  # noqa: E402
 
 SCALES = {
     'full': {
@@ -41,96 +50,150 @@ SCALES = {
 }
 
 
+KINDS = ('supernet', 'search', 'retrain')
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the demo: a CLI run into its own run directory."""
+    name: str                   # shown on the console and in the report's wall-time table
+    kind: str                   # 'supernet' | 'search' | 'retrain'
+    run_dir: Path               # the stage's --save directory
+    marker: Path                # exists once the stage is done (retrain: its last epoch is logged, see `done`)
+    command: list               # script (relative to the repository) and its flags
+    resume: list = field(default_factory=list)     # flags that continue an interrupted run
+
+    def __post_init__(self):
+        assert self.kind in KINDS, self.kind
+
+    def done(self):
+        """Finished: a retrain writes model_best before its last epoch, so it is done when its last epoch is in
+        metrics.jsonl; the other stages write their marker at the end."""
+        return retrain_finished(self.run_dir) if self.kind == 'retrain' else self.marker.exists()
+
+    def argv(self):
+        return [str(a) for a in self.command + self.resume]
+
+
+def resume_flags(run_dir):
+    """A run stopped early (its args.json is there) resumes, or starts over when it wrote no checkpoint yet."""
+    return ['--resume', run_dir] if (run_dir / 'args.json').exists() else []
+
+
 def stages(out, scale):
-    """(name, done-marker, command, resume flags) of each stage, in order."""
+    """The demo's stages, in order."""
     cfg = SCALES[scale]
-    sn = out / 'supernet'
+    sn, wlm, angle, retrain = out / 'supernet', out / 'search-wlm', out / 'search-angle-wlm', out / 'retrain'
     epochs = cfg['supernet'][cfg['supernet'].index('--epochs') + 1]
     final = sn / f'checkpoint_epoch_{epochs}.pth.tar'
     data = ['--dataset', 'fashion-mnist']
-    search = ['--model_path', final, *cfg['search']]
+    search = ['evolutionary_search/search.py', '--model_path', final, *cfg['search']]
     return [
-        ('1. supernet', final, ['train_supernet/train.py', *data, *cfg['supernet'], '--save', sn],
-         ['--resume', sn] if (sn / 'args.json').exists() else []),     # a run stopped early resumes or starts over
-        ('2a. search wlm', out / 'search-wlm' / 'genotype.json',
-         ['evolutionary_search/search.py', *search, '--metric', 'wlm', '--save', out / 'search-wlm'], []),
-        ('2b. search angle+wlm', out / 'search-angle-wlm' / 'genotype.json',
-         ['evolutionary_search/search.py', *search, '--metric', 'angle+wlm', '--wlm_weight', 16,
-          '--init_model_path', sn / 'checkpoint_epoch_0.pth.tar', '--save', out / 'search-angle-wlm'], []),
-        ('3. retrain', out / 'retrain' / 'model_best.pth.tar',
-         ['retrain/retrain.py', *data, '--arch', out / 'search-wlm' / 'genotype.json', *cfg['retrain'],
-          '--save', out / 'retrain'],
-         ['--resume', out / 'retrain'] if (out / 'retrain' / 'args.json').exists() else []),
+        Stage('1. supernet', 'supernet', sn, final, ['train_supernet/train.py', *data, *cfg['supernet'], '--save', sn],
+              resume_flags(sn)),
+        Stage('2a. search wlm', 'search', wlm, wlm / 'genotype.json', [*search, '--metric', 'wlm', '--save', wlm]),
+        Stage('2b. search angle+wlm', 'search', angle, angle / 'genotype.json',
+              [*search, '--metric', 'angle+wlm', '--wlm_weight', 16, '--init_model_path',
+               sn / 'checkpoint_epoch_0.pth.tar', '--save', angle]),
+        Stage('3. retrain', 'retrain', retrain, retrain / 'model_best.pth.tar',
+              ['retrain/retrain.py', *data, '--arch', wlm / 'genotype.json', *cfg['retrain'], '--save', retrain],
+              resume_flags(retrain)),
     ]
 
 
-def retrain_finished(out):
+def retrain_finished(run_dir):
     """The retrain stage is done when its last epoch is in metrics.jsonl (model_best may come earlier)."""
-    path = out / 'retrain' / 'metrics.jsonl'
-    args_path = out / 'retrain' / 'args.json'
+    path, args_path = run_dir / 'metrics.jsonl', run_dir / 'args.json'
     if not path.exists() or not args_path.exists():
         return False
-    lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    lines = read_metrics(path)
     return bool(lines) and lines[-1]['epoch'] >= json.loads(args_path.read_text())['epochs']
+
+
+def run_stage(stage):
+    """Run one stage in its own process (its progress and log lines go to the console); UserError when it fails."""
+    argv = stage.argv()
+    print(f'== {stage.name}: python3 {" ".join(argv)}', flush=True)
+    proc = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], cwd=ROOT)
+    if proc.returncode != 0:
+        raise UserError(f'demo stage {stage.name} failed (exit {proc.returncode}; its log: '
+                        f'{stage.run_dir / "log.txt"}); fix the error above and rerun `bash demo.sh` to continue '
+                        'where it stopped')
 
 
 def run_stages(out, scale):
     """Run what is not done yet; returns {stage: [seconds, 'ran' | 'skipped']}, kept in demo_state.json."""
     state_path = out / 'demo_state.json'
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
-    for name, marker, cmd, resume in stages(out, scale):
-        done = retrain_finished(out) if name.startswith('3') else marker.exists()
-        if done:
-            print(f'== {name}: done already ({marker}); skipped', flush=True)
-            state.setdefault(name, [0.0, 'ran'])[1] = 'skipped'
+    for stage in stages(out, scale):
+        if stage.done():
+            print(f'== {stage.name}: done already ({stage.marker}); skipped', flush=True)
+            state.setdefault(stage.name, [0.0, 'ran'])[1] = 'skipped'
             continue
-        argv = [str(a) for a in cmd + resume]
-        print(f'== {name}: python3 {" ".join(argv)}', flush=True)
         t0 = time.time()
-        proc = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], cwd=ROOT)
-        if proc.returncode != 0:
-            sys.exit(f'demo: stage {name} failed (exit {proc.returncode}); fix the error above and rerun '
-                     '`bash demo.sh` to continue where it stopped')
-        state[name] = [time.time() - t0, 'ran']
+        run_stage(stage)
+        state[stage.name] = [time.time() - t0, 'ran']
         state_path.write_text(json.dumps(state, indent=2))
     state_path.write_text(json.dumps(state, indent=2))
     return state
 
 
-def report(out, scale, state, total):
-    """Markdown report of the run (also returned as text)."""
-    import torch
-    import genotypes
-    from spaces.darts_network import NetworkCIFAR
-    from counting import count_macs, count_parameters
-    from utils import read_metrics
-    sn = read_metrics(out / 'supernet' / 'metrics.jsonl')[-1]
-    lines = [f'# GeNAS demo report ({scale} scale, Fashion-MNIST, CPU)', '',
-             f'Supernet (stage 1): valid accuracy of a random path {100 * sn["valid_acc"]:.1f}% after '
-             f'{sn["epoch"]} epochs (train accuracy {100 * sn["train_acc"]:.1f}%).', '']
-    for label, folder in (('wlm', 'search-wlm'), ('angle+wlm', 'search-angle-wlm')):
-        doc = json.loads((out / folder / 'genotype.json').read_text())
-        scored = len(json.loads((out / folder / 'search_checkpoint.json').read_text())['evolution']['scores'])
-        lines += [f'## Search: {label} (the best 5 of {scored} candidates scored)', '',
-                  '| rank | candidate | score | components |', '|---|---|---|---|']
-        for i, t in enumerate(doc['top10'][:5], 1):
-            comps = ', '.join(f'{k} {v:.4g}' for k, v in t.items() if isinstance(v, float) and k != 'score')
-            lines.append(f'| {i} | `{",".join(map(str, t["candidate"]))}` | {t["score"]:.6g} | {comps} |')
-        lines.append('')
-    rargs = json.loads((out / 'retrain' / 'args.json').read_text())
-    geno = genotypes.load_genotype(out / 'search-wlm' / 'genotype.json')
-    net = NetworkCIFAR(rargs['init_channels'], 10, rargs['layers'], False, geno)
-    params, macs = count_parameters(net), count_macs(net, torch.zeros(1, 3, 32, 32))
-    final = read_metrics(out / 'retrain' / 'metrics.jsonl')[-1]
-    lines += ['## Retrained genotype (best of the wlm search)', '', f'`{geno}`', '',
-              f'- NetworkCIFAR C={rargs["init_channels"]}, {rargs["layers"]} layers: {params / 1e6:.3f}M parameters, '
-              f'{macs / 1e6:.1f}M multiply-adds per 32x32 image',
-              f'- test accuracy after {final["epoch"]} epochs: **{100 * final["val_top1"]:.2f}%** '
-              f'(top-5 {100 * final["val_top5"]:.2f}%, {final["val_images"]} test images)', '',
-              '## Wall time', '', '| stage | seconds | |', '|---|---|---|']
+# --- the report: built from the stages' public outputs (genotype.json, metrics.jsonl, args.json) ----------------
+
+def supernet_section(run_dir):
+    sn = read_metrics(run_dir / 'metrics.jsonl')[-1]
+    return [f'Supernet (stage 1): valid accuracy of a random path {100 * sn["valid_acc"]:.1f}% after '
+            f'{sn["epoch"]} epochs (train accuracy {100 * sn["train_acc"]:.1f}%).', '']
+
+
+def search_section(run_dir):
+    """The best 5 candidates of a search (genotype.json) and how many it scored (its last generation's line)."""
+    doc = json.loads((run_dir / 'genotype.json').read_text())
+    scored = read_metrics(run_dir / 'metrics.jsonl')[-1]['scored']
+    lines = [f'## Search: {doc["metric"]} (the best 5 of {scored} candidates scored)', '',
+             '| rank | candidate | score | components |', '|---|---|---|---|']
+    for i, t in enumerate(doc['top10'][:5], 1):
+        comps = ', '.join(f'{k} {v:.4g}' for k, v in t.items() if isinstance(v, float) and k != 'score')
+        lines.append(f'| {i} | `{",".join(map(str, t["candidate"]))}` | {t["score"]:.6g} | {comps} |')
+    return lines + ['']
+
+
+def retrain_section(run_dir, genotype_path):
+    """The retrained network's size (built as the retrain run's args.json says, for its dataset's image size and
+    classes) and its final test accuracy."""
+    rargs = json.loads((run_dir / 'args.json').read_text())
+    test = load_arrays(rargs['dataset'], rargs.get('data'), train=False)
+    height, width = test.images.shape[-2:]
+    geno = genotypes.load_genotype(genotype_path)
+    net = get_space(None).network(geno, rargs['init_channels'], test.num_classes, rargs['layers'])
+    params, macs = count_parameters(net), count_macs(net, torch.zeros(1, 3, height, width))
+    final = read_metrics(run_dir / 'metrics.jsonl')[-1]
+    return ['## Retrained genotype (best of the wlm search)', '', f'`{geno}`', '',
+            f'- {type(net).__name__} C={rargs["init_channels"]}, {rargs["layers"]} layers: {params / 1e6:.3f}M '
+            f'parameters, {macs / 1e6:.1f}M multiply-adds per {height}x{width} image',
+            f'- test accuracy after {final["epoch"]} epochs: **{100 * final["val_top1"]:.2f}%** '
+            f'(top-5 {100 * final["val_top5"]:.2f}%, {final["val_images"]} test images)', '']
+
+
+def wall_time_section(state, total):
+    lines = ['## Wall time', '', '| stage | seconds | |', '|---|---|---|']
     lines += [f'| {name} | {sec:.0f} | {how} |' for name, (sec, how) in state.items()]
-    lines += [f'| whole demo (this invocation) | {total:.0f} | |', '', '## Where things are', '',
-              f'- cell diagrams: `{out / "retrain"}/cell_normal.*`, `cell_reduce.*`',
+    return lines + [f'| whole demo (this invocation) | {total:.0f} | |', '']
+
+
+def report(out, scale, state, total):
+    """Markdown report of the run, written to <out>/report.md (also returned as text)."""
+    by_kind = {}
+    for stage in stages(out, scale):
+        by_kind.setdefault(stage.kind, []).append(stage)
+    supernet, retrain = by_kind['supernet'][0], by_kind['retrain'][0]
+    lines = [f'# GeNAS demo report ({scale} scale, Fashion-MNIST, CPU)', '', *supernet_section(supernet.run_dir)]
+    for stage in by_kind['search']:
+        lines += search_section(stage.run_dir)
+    lines += retrain_section(retrain.run_dir, retrain.command[retrain.command.index('--arch') + 1])
+    lines += wall_time_section(state, total)
+    lines += ['## Where things are', '',
+              f'- cell diagrams: `{retrain.run_dir}/cell_normal.*`, `cell_reduce.*`',
               f'- TensorBoard logs: `{out}/*/tb`; open them with `tensorboard --logdir {out}`',
               f'- logs and metrics: `{out}/*/log.txt`, `{out}/*/metrics.jsonl`', '']
     text = '\n'.join(lines)
@@ -138,12 +201,32 @@ def report(out, scale, state, total):
     return text
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+# --- the command line -------------------------------------------------------------------------------------------
+
+@dataclass
+class DemoResult:
+    out: Path                   # the demo's run directory
+    report: str                 # the report's markdown (also in <out>/report.md)
+    state: dict                 # {stage: [seconds, 'ran' | 'skipped']}
+
+
+def get_args_parser():
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--out', default='runs/demo', help='run directory of the demo (default: runs/demo)')
     p.add_argument('--tiny', action='store_true', help='tiny scale, for CI (default: off)')
     p.add_argument('--force', action='store_true', help='redo every stage (default: skip finished ones)')
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    args = get_args_parser().parse_args(argv)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f'--out {out} is an existing file, not a directory; choose another --out')
+    return args
+
+
+def main(args):
     scale = 'tiny' if args.tiny else 'full'
     out = Path(args.out).resolve()
     if args.force and out.exists():
@@ -153,8 +236,8 @@ def main(argv=None):
     state = run_stages(out, scale)
     text = report(out, scale, state, time.time() - t0)
     print('\n' + text)
-    return out
+    return DemoResult(out, text, state)
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, parse_args)

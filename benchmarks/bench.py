@@ -18,16 +18,29 @@ cutout 16 (the DARTS protocol).
 import argparse
 import copy
 import json
+import os
+import platform
 import random
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torchvision.transforms as T  # noqa: E402
+
+import genotypes  # noqa: E402
+from data import BatchLoader, SearchData, synthetic_arrays  # noqa: E402
+from devices import choose_device  # noqa: E402
+from evolutionary_search import metrics  # noqa: E402
+from spaces.darts_supernet import Network  # noqa: E402
+from utils import ArgumentParser, UserError, run_cli  # noqa: E402
 
 SCORE_METRICS = ['wlm', 'angle', 'acc', 'angle+wlm']
 WORKLOADS = ['supernet_train'] + [f'score_{m}' for m in SCORE_METRICS] + ['retrain_cifar']
@@ -60,14 +73,12 @@ def _timed(fn, s):
 
 
 def _sync(device):
-    import torch
     if device.type == 'cuda':
         torch.cuda.synchronize()
 
 
 def _use_reference_forward():
     """Make the supernet compute every op's own ReLU and the `none` edges, as the reference does."""
-    from spaces.darts_supernet import Network
     Network.forward_candidate = lambda self, x, c: self.forward_reference(x, c[:14], c[14:])
 
 
@@ -107,11 +118,6 @@ def bench_supernet_train(device, s, variant):
 
 def bench_score(device, s, metric, variant):
     """Seconds per candidate of a stage-2 metric (a new random candidate each time, as in a search)."""
-    import torch
-    import genotypes
-    from data import SearchData, synthetic_arrays
-    from evolutionary_search import metrics
-    from spaces.darts_supernet import Network
     if variant == 'reference_forward':
         _use_reference_forward()
     if variant == 'no_grad':
@@ -241,7 +247,6 @@ def bench_retrain_compile(device, s, variant):
 
 def _cpu_model():
     """The CPU's model name (Linux), which decides much of a compiled network's speed (AVX2 vs AVX-512)."""
-    import platform
     try:
         with open('/proc/cpuinfo') as f:
             names = [ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')]
@@ -254,8 +259,6 @@ def _cpu_model():
 
 def compile_worker_env(name):
     """Compile workloads start from an empty inductor cache (a first run's compile time), in a fresh folder."""
-    import os
-    import tempfile
     if not name.startswith('retrain_compile'):
         return None
     return dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(prefix='bench-inductor-'))
@@ -264,9 +267,6 @@ def compile_worker_env(name):
 def bench_data(device, s, variant):
     """Images/s of producing augmented, normalized training batches alone: whole batches cropped and
     flipped as tensors (ours) or torchvision's per-image PIL transforms in a DataLoader (the reference)."""
-    import torch
-    import torchvision.transforms as T
-    from data import BatchLoader, synthetic_arrays
     arrays = synthetic_arrays(s['batch'] * s['steps'])
     if variant == 'tensor_batches':
         loader = BatchLoader(arrays.to(device), torch.arange(len(arrays)), s['batch'], device, shuffle=True,
@@ -301,18 +301,24 @@ def search_ranks_settings(tiny):
     return {'C': 16, 'layers': 8, 'population': 48, 'bn_images': 256, 'val_images': 1024, 'test_batch': 512}
 
 
+def failure(what, proc):
+    """A benchmark process that failed: its own one-line error (bad input) as ours, else its traceback (a bug)."""
+    lines = proc.stderr.strip().splitlines()
+    if lines and lines[-1].startswith('error: '):
+        return UserError(f'{what}: {lines[-1][len("error: "):]}')
+    return SystemExit(f'{what} failed:\n{proc.stderr[-2000:]}')
+
+
 def _run(cmd, env=None):
-    import os
     proc = subprocess.run([sys.executable, *map(str, cmd)], capture_output=True, text=True, cwd=ROOT,
                           env=dict(os.environ, **(env or {})))
     if proc.returncode != 0:
-        raise SystemExit(f'benchmark command failed: {" ".join(map(str, cmd))}\n{proc.stderr[-2000:]}')
+        raise failure(f'benchmark command {" ".join(map(str, cmd))}', proc)
     return proc
 
 
 def _timed_search(n, supernet, save, device, s):
     """(seconds, {candidate: score}) of one wlm search generation under `torchrun --nproc_per_node=n`."""
-    import os
     cmd = ['-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}', 'evolutionary_search/search.py',
            '--model_path', supernet, '--metric', 'wlm', '--max_epochs', 1, '--population_num', s['population'],
            '--select_num', 1, '--mutation_num', 0, '--crossover_num', 0, '--max_train_img_size', s['bn_images'],
@@ -330,7 +336,6 @@ def bench_search_ranks(ranks, device, tiny):
     in `ranks`, every rank on GPU 0 (CUDA_VISIBLE_DEVICES=0): several processes fill a GPU that one C=16 path at
     batch 512 leaves mostly idle. Each process gets cores / N threads. Also checks that every run scored every
     candidate the same (max relative difference to the first run)."""
-    import tempfile
     s = search_ranks_settings(tiny)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -358,25 +363,26 @@ def parse_ranks(text):
     return ranks
 
 
+KNOWN = WORKLOADS + LEVERS + GPU_VARIANTS + COMPILE_WORKLOADS + COMPILE_GPU_VARIANTS
+BENCHES = {'supernet_train': bench_supernet_train, 'retrain_cifar': bench_retrain_cifar, 'data': bench_data,
+           'retrain_compile': bench_retrain_compile}
+
+
 def worker(name, device_name, tiny):
-    import torch
-    from devices import choose_device
+    """One workload in this process; returns its result (with the peak RSS and thread count)."""
     device = choose_device(device_name)
     workload, _, variant = name.partition(':')
     s = settings(tiny)
     if workload.startswith('score_'):
         result = bench_score(device, s, workload[len('score_'):], variant)
     else:
-        fn = {'supernet_train': bench_supernet_train, 'retrain_cifar': bench_retrain_cifar, 'data': bench_data,
-              'retrain_compile': bench_retrain_compile}
-        result = fn[workload](device, s, variant)
+        result = BENCHES[workload](device, s, variant)
     result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result['threads'] = torch.get_num_threads()
-    print(json.dumps(result))
+    return result
 
 
-def main(argv=None):
-    from utils import ArgumentParser
+def get_args_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default=None, choices=['cpu', 'cuda', 'auto'],
                    help='device (default: cpu; cuda with --search_ranks)')
@@ -389,42 +395,69 @@ def main(argv=None):
                    help='instead of the workloads: time a search with each number of ranks sharing GPU 0, e.g. 1,2,4 '
                         '(needs --device cuda; --device cpu only checks the script) (default: off)')
     p.add_argument('--worker', default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.worker:
-        return worker(args.worker, args.device, args.tiny)
-    import torch
-    if args.search_ranks:
-        if args.device != 'cpu' and not torch.cuda.is_available():
-            p.error('--search_ranks times ranks sharing a GPU but no CUDA device is visible; run it on a GPU machine '
-                    '(or pass --device cpu to check the script only)')
-        out = bench_search_ranks(args.search_ranks, 'cpu' if args.device == 'cpu' else 'cuda', args.tiny)
-        print(json.dumps(out, indent=2))
-        return out
-    args.device = args.device or 'cpu'
+    return p
+
+
+def parse_args(argv=None):
+    args = get_args_parser().parse_args(argv)
+    asked = (args.only.split(',') if args.only else []) + ([args.worker] if args.worker else [])
+    unknown = [n for n in asked if n not in KNOWN]
+    if unknown:
+        raise UserError(f'unknown workload {unknown[0]!r} in --only; choose from {",".join(KNOWN)}')
+    return args
+
+
+def workload_names(args, device):
+    """The workloads to run, in order: --only's, or the defaults with the levers, GPU variants and compile ones."""
     names = args.only.split(',') if args.only else list(WORKLOADS)
     if args.levers:
         names += LEVERS
-    if args.device == 'cuda' and not args.only:
+    if device == 'cuda' and not args.only:
         names += GPU_VARIANTS
     if args.compile:
-        extra = COMPILE_WORKLOADS + (COMPILE_GPU_VARIANTS if args.device == 'cuda' else [])
+        extra = COMPILE_WORKLOADS + (COMPILE_GPU_VARIANTS if device == 'cuda' else [])
         names += [n for n in extra if n not in names]
-    out = {'device': args.device, 'torch': torch.__version__, 'threads': torch.get_num_threads(),
+    return names
+
+
+def run_worker(name, device, tiny):
+    """One workload in a fresh Python process (so that its peak RSS is its own); returns its result."""
+    proc = subprocess.run([sys.executable, __file__, '--worker', name, '--device', device]
+                          + (['--tiny'] if tiny else []), capture_output=True, text=True,
+                          env=compile_worker_env(name))
+    if proc.returncode != 0:
+        raise failure(f'benchmark {name}', proc)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_search_ranks(args):
+    if args.device != 'cpu' and not torch.cuda.is_available():
+        raise UserError('--search_ranks times ranks sharing a GPU but no CUDA device is visible; run it on a GPU '
+                        'machine (or pass --device cpu to check the script only)')
+    return bench_search_ranks(args.search_ranks, 'cpu' if args.device == 'cpu' else 'cuda', args.tiny)
+
+
+def run_workloads(args):
+    device = args.device or 'cpu'
+    choose_device(device)              # --device cuda without a GPU: one error line before any worker starts
+    out = {'device': device, 'torch': torch.__version__, 'threads': torch.get_num_threads(),
            'settings': settings(args.tiny), 'results': {}}
-    for name in names:
-        known = WORKLOADS + LEVERS + GPU_VARIANTS + COMPILE_WORKLOADS + COMPILE_GPU_VARIANTS
-        if name not in known:
-            p.error(f'unknown workload {name!r}; choose from {known}')
-        proc = subprocess.run([sys.executable, __file__, '--worker', name, '--device', args.device]
-                              + (['--tiny'] if args.tiny else []), capture_output=True, text=True,
-                              env=compile_worker_env(name))
-        if proc.returncode != 0:
-            raise SystemExit(f'benchmark {name} failed:\n{proc.stderr[-2000:]}')
-        out['results'][name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in workload_names(args, device):
+        out['results'][name] = run_worker(name, device, args.tiny)
         print(f'{name}: {out["results"][name]}', file=sys.stderr)
+    return out
+
+
+def main(args):
+    """Prints one JSON object (a worker: its workload's result on the last line) and returns it."""
+    if args.worker:
+        out = worker(args.worker, args.device, args.tiny)
+        print(json.dumps(out))
+        return out
+    out = run_search_ranks(args) if args.search_ranks else run_workloads(args)
     print(json.dumps(out, indent=2))
     return out
 
 
 if __name__ == '__main__':
-    main()
+    run_cli(main, parse_args)

@@ -214,7 +214,8 @@ def test_reduced_precision_scoring_runs_and_restores(ctx, precision):
 
 
 def test_kendall_tau_by_hand():
-    from benchmarks.precision_tau import kendall_tau
+    from proxy_study.stats import kendall_tau       # the one benchmarks/precision_tau.py reports
     assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx((5 - 1) / 6)     # one discordant pair of 6
     assert kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(3 * 2))  # tau-b with a tie
     assert kendall_tau([3, 2, 1], [1, 2, 3]) == -1.0
+    assert math.isnan(kendall_tau([2, 2, 2], [1, 2, 3]))                          # undefined: constant scores
