@@ -247,28 +247,36 @@ class Split:
         return torch.arange(n), torch.arange(0)
 
 
-def resolve_split(args):
-    """The split the data flags ask for; writes the resolved values back into args (args.split becomes the
-    kind, --split_seed / --train_portion their values) so that checkpoints record what was used. --split
-    auto: the NAS-Bench-201 file on cifar10 / cifar100 unless --split_seed is given, else a seeded split."""
+def choose_split(args):
+    """The split the data flags ask for, without touching `args`. --split auto: the NAS-Bench-201 file on
+    cifar10 / cifar100 unless --split_seed is given, else a seeded split."""
     kind = getattr(args, 'split', None) or 'auto'
     seed, portion = getattr(args, 'split_seed', None), getattr(args, 'train_portion', None)
     if not args.split_data:
-        split = Split('none')
-    elif getattr(args, 'split_file', None):
-        split = Split('file', str(args.split_file))
-    elif kind == 'nb201' or (kind == 'auto' and args.dataset in NB201_SPLIT_FILES and seed is None):
+        return Split('none')
+    if getattr(args, 'split_file', None):
+        return Split('file', str(args.split_file))
+    if kind == 'nb201' or (kind == 'auto' and args.dataset in NB201_SPLIT_FILES and seed is None):
         if args.dataset not in NB201_SPLIT_FILES:
             raise UserError(f'--split nb201 exists for cifar10 and cifar100 only; use --split seeded for '
                             f'{args.dataset}')
         if portion not in (None, 0.5):
             raise UserError(f'--train_portion {portion} applies to a seeded split, but {args.dataset} uses the fixed '
                             f'25k/25k NAS-Bench-201 split; add --split seeded to cut it at {portion}')
-        split = Split('nb201', str(SPLITS_DIR / NB201_SPLIT_FILES[args.dataset]))
-    else:
-        split = Split('seeded', seed=0 if seed is None else seed, portion=0.5 if portion is None else portion)
-    args.split = split.kind
-    args.split_seed, args.train_portion = split.seed, split.portion
+        return Split('nb201', str(SPLITS_DIR / NB201_SPLIT_FILES[args.dataset]))
+    return Split('seeded', seed=0 if seed is None else seed, portion=0.5 if portion is None else portion)
+
+
+def split_flag_values(split):
+    """The flag values that record a resolved split (--split becomes its kind), as a run's args store them."""
+    return {'split': split.kind, 'split_seed': split.seed, 'train_portion': split.portion}
+
+
+def resolve_split(args):
+    """choose_split, with the resolved values written back into args (args.split becomes the kind, --split_seed /
+    --train_portion their values) so that the checkpoints of stage 1, which owns its args, record what was used."""
+    split = choose_split(args)
+    vars(args).update(split_flag_values(split))
     return split
 
 
@@ -278,14 +286,20 @@ def split_flags_given(args):
         getattr(args, k, None) is not None for k in ('split_file', 'split_seed', 'train_portion'))
 
 
-def inherit_split(args, trained_args):
-    """Without split flags, use the split a stage-1 run recorded in its args (resume, search). Runs of this
-    project from before --split existed used a seeded split or --split_file."""
+def inherited_split_flags(args, trained_args):
+    """The split flags a stage-1 run recorded in its args, as a dict, where `args` gives no split flags (resume,
+    search); {} otherwise. Runs of this project from before --split existed used a seeded split or --split_file."""
     if split_flags_given(args) or not trained_args:
-        return
-    args.split = trained_args.get('split') or ('file' if trained_args.get('split_file') else 'seeded')
+        return {}
+    flags = {'split': trained_args.get('split') or ('file' if trained_args.get('split_file') else 'seeded')}
     for k, default in (('split_file', None), ('split_seed', 0), ('train_portion', 0.5)):
-        setattr(args, k, trained_args.get(k, default))
+        flags[k] = trained_args.get(k, default)
+    return flags
+
+
+def inherit_split(args, trained_args):
+    """inherited_split_flags written into args (stage 1 resuming, which owns its args)."""
+    vars(args).update(inherited_split_flags(args, trained_args))
 
 
 def split_digest(train_idx):
@@ -355,7 +369,8 @@ class SearchData:
 
 
 def load_search_data(args):
-    """Training set, split into train / valid parts as the data flags say (stage 1 and 2)."""
+    """Training set, split into train / valid parts as the data flags say (stage 1 and 2). The resolved split
+    flags are written into `args` (resolve_split): stage 1 records them; stage 2 passes a namespace of its own."""
     for flag in ('train_subset', 'valid_subset'):
         if getattr(args, flag) < 0:
             raise UserError(f'--{flag} must be >= 0 (0 = all images), got {getattr(args, flag)}')

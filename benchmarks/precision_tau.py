@@ -21,76 +21,46 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import genotypes  # noqa: E402
-from data import load_search_data  # noqa: E402
-from devices import choose_device, memory_format  # noqa: E402
-from evolutionary_search.metrics import METRICS, NEEDS_INIT, PRECISIONS, ScoringContext  # noqa: E402
-from evolutionary_search.supernet_io import fill_inherited, load_init_supernet, load_supernet  # noqa: E402
+from devices import choose_device  # noqa: E402
+from evolutionary_search import context  # noqa: E402
+from evolutionary_search.metrics import METRICS, PRECISIONS  # noqa: E402
 from proxy_study.stats import kendall_tau  # noqa: E402
-from utils import ArgumentParser, UserError, parse_stds, require, run_cli  # noqa: E402
+from utils import ArgumentParser, require, run_cli  # noqa: E402
+
+# The data flags of the supernet's own train / valid split: None takes the checkpoint's value.
+DATA_FLAGS = dict(dataset=None, download=False, split_data=None, split=None, train_portion=None, split_seed=None,
+                  split_file=None, train_subset=0, valid_subset=0, random_label=0)
 
 
 def get_args_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--model_path', required=True, help='trained supernet checkpoint')
-    p.add_argument('--init_model_path', default=None,
-                   help='supernet checkpoint before training (checkpoint_epoch_0.pth.tar; the angle metrics)')
-    p.add_argument('--init_channels', type=int, default=None,
-                   help='supernet C (default: the checkpoint\'s; needed for reference checkpoints)')
-    p.add_argument('--layers', type=int, default=None,
-                   help='supernet cells (default: the checkpoint\'s; needed for reference checkpoints)')
-    p.add_argument('--data', default=None, help='dataset folder (default: the one the supernet was trained on)')
-    p.add_argument('--device', default='cpu', choices=['cpu', 'cuda'], help='device (default: cpu)')
-    p.add_argument('--candidates', type=int, default=30, help='random candidates to rank (default: 30)')
-    p.add_argument('--precisions', default=None,
+    context.add_scoring_args(p)
+    # A benchmark of numerics, not a search: fewer images than stage 2 scores, on the CPU unless asked.
+    p.set_defaults(max_train_img_size=256, max_val_img_size=512, device='cpu')
+    g = p.add_argument_group('benchmark')
+    g.add_argument('--data', default=None, help='dataset folder (default: the one the supernet was trained on)')
+    g.add_argument('--candidates', type=int, default=30, help='random candidates to rank')
+    g.add_argument('--precisions', default=None,
                    help='comma-separated; default: bf16,fp16 on a CPU, tf32,bf16,fp16 on a GPU')
-    p.add_argument('--metric', default='wlm', choices=list(METRICS), help='scoring metric (default: wlm)')
-    p.add_argument('--stds', default='0.001,0.003,0.006', help='weight-noise stds of wlm (default: %(default)s)')
-    p.add_argument('--wlm_weight', type=float, default=0.0, help='gamma of angle+wlm and acc+wlm (default: 0)')
-    p.add_argument('--max_train_img_size', type=int, default=256, help='BN recalibration images (default: 256)')
-    p.add_argument('--max_val_img_size', type=int, default=512, help='validation images (default: 512)')
-    p.add_argument('--batch_size', type=int, default=64, help='BN recalibration batch size (default: 64)')
-    p.add_argument('--seed', type=int, default=3, help='seed of the BN batches and weight noise (default: 3)')
+    g.add_argument('--metric', default='wlm', choices=list(METRICS), help='scoring metric')
+    g.add_argument('--seed', type=int, default=3, help='seed of the BN batches and weight noise')
     return p
 
 
 def parse_args(argv=None):
     args = get_args_parser().parse_args(argv)
-    args.stds = parse_stds(args.stds)
-    require([(getattr(args, f) >= 1, f'--{f} must be >= 1, got {getattr(args, f)}')
-             for f in ('candidates', 'max_train_img_size', 'max_val_img_size', 'batch_size')])
+    require([(args.candidates >= 1, f'--candidates must be >= 1, got {args.candidates}')])
     if args.precisions:
         args.precisions = args.precisions.split(',')
         bad = [p for p in args.precisions if p not in PRECISIONS]
         require([(not bad, f'--precisions: unknown {bad[0] if bad else ""!r}; choose from {",".join(PRECISIONS)}')])
-    if args.metric in NEEDS_INIT and not args.init_model_path:
-        raise UserError(f'--metric {args.metric} needs --init_model_path (the checkpoint_epoch_0.pth.tar of stage 1)')
-    return args
-
-
-def scoring_data(args, trained_args):
-    """The search data of the dataset and split the supernet was trained on (stage 2's defaults)."""
-    data_args = argparse.Namespace(dataset=None, data=args.data, download=False, split_data=None, split=None,
-                                   train_portion=None, split_seed=None, split_file=None, train_subset=0,
-                                   valid_subset=0, random_label=0)
-    fill_inherited(data_args, trained_args)
-    return load_search_data(data_args)
+    return context.check_scoring_args(args, [args.metric])
 
 
 def build_context(args, device):
-    """The scoring context of stage 2 for the supernet of --model_path (channels-last, as the search's default)."""
-    shape = argparse.Namespace(space=None, init_channels=args.init_channels, layers=args.layers)
-    model, meta, space = load_supernet(args.model_path, shape)
-    init_model = load_init_supernet(args.init_model_path, shape, model).to(device) \
-        if args.metric in NEEDS_INIT else None
-    data = scoring_data(args, meta.get('args', {})).resident(device)
-    if data.num_classes != model.num_classes:
-        raise UserError(f'{args.model_path} has {model.num_classes} classes but its dataset has {data.num_classes}')
-    fmt = memory_format(True)
-    return ScoringContext(model=model.to(device).to(memory_format=fmt).eval(), init_model=init_model, data=data,
-                          device=device, seed=args.seed, stds=tuple(args.stds), batch_size=args.batch_size,
-                          test_batch_size=64 if device.type == 'cpu' else 512,
-                          max_train_img_size=args.max_train_img_size, max_val_img_size=args.max_val_img_size,
-                          wlm_weight=args.wlm_weight, memory_format=fmt, space=space)
+    """Stage 2's scoring context for the supernet of --model_path, on its own data split."""
+    data_args = argparse.Namespace(data=args.data, **DATA_FLAGS)
+    return context.build_context(args, device, [args.metric], data_args=data_args).ctx
 
 
 def score_all(ctx, scorer, cands):

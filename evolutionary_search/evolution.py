@@ -1,4 +1,4 @@
-"""SPOS-style evolutionary search over the candidates of a search space (SPEC section 4).
+"""SPOS-style evolutionary search over the candidates of a search space, as the reference's.
 
 Generation g: score every candidate of the population; merge it into the elitist top lists (the
 select_num parents, and the best `keep` for the report); then propose generation g + 1: mutations of
@@ -33,7 +33,7 @@ def key_cand(key):
 class Evolution:
     def __init__(self, max_epochs=20, population_num=50, select_num=10, mutation_num=25, crossover_num=25,
                  m_prob=0.1, seed=0, keep=50, space=None, budget=None):
-        self.space = space or get_space('darts')
+        self.space = get_space(None) if space is None else space
         self.budget = budget                # budget.Budget or None
         self.max_epochs, self.population_num, self.select_num = max_epochs, population_num, select_num
         self.mutation_num, self.crossover_num, self.m_prob, self.keep = mutation_num, crossover_num, m_prob, keep

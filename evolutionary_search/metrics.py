@@ -1,4 +1,4 @@
-"""Candidate scores for the evolutionary search (SPEC section 4). Higher is better for all.
+"""Candidate scores for the evolutionary search. Higher is better for all.
 
     METRICS[name](ctx, candidate) -> {'score': float, <every component>}
 
@@ -6,7 +6,8 @@
              supernet (`angle_vector` gives the layout); also reported divided by pi.
 - acc:       top-1 on the valid part after re-estimating the path's BN statistics.
 - wlm:       flatness: 1 / (poor + 1e-5), poor from the losses under growing Gaussian weight noise.
-- angle+wlm, acc+wlm, angle+acc: the combinations of SPEC section 4.
+- angle+wlm, acc+wlm, angle+acc: the reference's combinations: angle / pi + gamma / s1 * wlm,
+             acc + gamma / s1 * wlm, angle / pi + acc_weight * acc.
 - wlm_l0:    flatness with the clean loss L(0) at sigma 0 measured and used as the first point of the
              slope sum (the reference left this as a TODO and takes L(0) = 0, which makes wlm mostly
              1 / loss); `wlm` stays the reference's.
@@ -26,8 +27,7 @@ import torch
 from data import BatchLoader
 from evolutionary_search import zero_cost
 from spaces import get_space
-from spaces.darts import angle_vector, cell_paths, op_weights  # noqa: F401 (the DARTS layout, named here before)
-from spaces.supernet import evaluate_candidate
+from spaces.supernet import PathEval, evaluate_candidate
 from counting import count_macs, count_parameters
 from seeding import derive_seed
 from utils import UserError
@@ -56,10 +56,14 @@ class ScoringContext:
     memory_format: torch.memory_format = torch.contiguous_format
     precision: str = 'fp32'           # numerics of scoring forwards, see `precision`
     bn_per_candidate: bool = False    # BN recalibration images drawn per candidate (the reference draws fresh ones)
-    space: object = None              # spaces.SearchSpace of the supernets; None: DARTS
+    space: object = None              # spaces.SearchSpace of the supernets; None: the default space
     standalone_channels: int = None   # C / cells of the stand-alone networks of the zero-cost metrics;
     standalone_layers: int = None     # None: the supernet's
     cache: dict = None                # a dict: metrics of one candidate share their parts (see `cached`)
+
+    def __post_init__(self):
+        if self.space is None:
+            self.space = get_space(None)
 
 
 PRECISIONS = ('fp32', 'tf32', 'bf16', 'fp16')
@@ -82,11 +86,10 @@ def precision(ctx):
 
 # --- angle ---------------------------------------------------------------------------------------
 
-def angle(init_model, model, candidate, space=None):
+def angle(init_model, model, candidate, space):
     """Angle in radians (0..pi) between the candidate's initial and trained weight vectors; the vector
-    layout is the search space's (DARTS by default)."""
-    vector = (space or get_space()).angle_vector
-    a, b = vector(init_model, candidate), vector(model, candidate)
+    layout is the search space's."""
+    a, b = space.angle_vector(init_model, candidate), space.angle_vector(model, candidate)
     cos = torch.dot(a, b) / (a.norm() * b.norm())
     return float(torch.arccos(cos.clamp(-1.0, 1.0)))
 
@@ -110,16 +113,16 @@ def valid_loader(ctx, n_images):
     return BatchLoader(ctx.data.valid, idx, ctx.test_batch_size, ctx.device, memory_format=ctx.memory_format)
 
 
-def recalibrated_accuracy(ctx, candidate, train_images, val_images):
-    """Top-1 and loss after BN recalibration; the supernet is restored afterwards."""
+def recalibrated_accuracy(ctx, candidate, train_images, val_images) -> PathEval:
+    """PathEval(loss, acc) on val_images of the valid part after BN recalibration on train_images training
+    images; the supernet is restored afterwards."""
     with ctx.model.preserved_path(candidate), precision(ctx):
         ctx.model.recalibrate_bn(candidate, bn_batches(ctx, train_images, candidate), momentum=ctx.bn_momentum)
-        loss, acc = evaluate_candidate(ctx.model, candidate, valid_loader(ctx, val_images))
-    return acc, loss
+        return evaluate_candidate(ctx.model, candidate, valid_loader(ctx, val_images))
 
 
 def wlm_from_losses(losses, stds):
-    """SPEC: poor = |L1 / s1| + sum_i |(L_{i+1} - L_i) / (s_{i+1} - s_i)|; wlm = 1 / (poor + 1e-5)."""
+    """The reference's flatness: poor = |L1 / s1| + sum_i |(L_{i+1} - L_i) / (s_{i+1} - s_i)|; wlm = 1 / (poor + 1e-5)."""
     poor = abs(losses[0] / stds[0])
     poor += sum(abs((losses[i + 1] - losses[i]) / (stds[i + 1] - stds[i])) for i in range(len(stds) - 1))
     return 1.0 / (poor + WLM_EPS), poor
@@ -200,12 +203,12 @@ def _angle_components(ctx, candidate):
 
 def _acc_components(ctx, candidate, train_images=None, val_images=None):
     train_images, val_images = train_images or ctx.max_train_img_size, val_images or ctx.max_val_img_size
-    acc, loss = cached(ctx, ('acc', tuple(candidate), train_images, val_images),
-                       lambda: recalibrated_accuracy(ctx, candidate, train_images, val_images))
-    if not math.isfinite(loss):
-        raise UserError(f'validation loss of candidate {",".join(map(str, candidate))} is {loss}: the supernet '
+    ev = cached(ctx, ('acc', tuple(candidate), train_images, val_images),
+                lambda: recalibrated_accuracy(ctx, candidate, train_images, val_images))
+    if not math.isfinite(ev.loss):
+        raise UserError(f'validation loss of candidate {",".join(map(str, candidate))} is {ev.loss}: the supernet '
                         'checkpoint has diverged; retrain it with a lower --learning_rate')
-    return {'acc': acc, 'loss': loss}
+    return {'acc': ev.acc, 'loss': ev.loss}
 
 
 def score_angle(ctx, candidate):
@@ -254,7 +257,7 @@ def standalone_network(ctx, candidate):
     layers = ctx.standalone_layers or ctx.model.num_layers
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(ctx.seed, 'init', list(candidate)))
-        net = (ctx.space or get_space('darts')).standalone(candidate, C, ctx.model.num_classes, layers)
+        net = ctx.space.standalone(candidate, C, ctx.model.num_classes, layers)
     return net.to(ctx.device)
 
 

@@ -9,12 +9,22 @@ import json
 import os
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 from evolutionary_search.evolution import cand_key
 from evolutionary_search.metrics import METRICS
-from utils import UserError, append_line, atomic_write_text, logger, progress, write_guard
+from utils import UserError, append_line, atomic_write_text, changed_flags, logger, progress, write_guard
 
 CHECKPOINT = 'search_checkpoint.json'
+# What a checkpoint lacks that was written before a flag existed: the value that older version used.
+LEGACY_FLAGS = {'bn_images': 'shared', 'flops_limit': None, 'params_limit': None, 'budget_network': 'imagenet',
+                'budget_channels': None, 'budget_layers': None}
+
+
+class SearchResult(NamedTuple):
+    path: Path           # genotype.json
+    candidate: list      # the best candidate
+    info: dict           # its score and components
 
 
 def score_in_rounds(ctx, scorer, candidates, dist):
@@ -71,12 +81,9 @@ def read_search(path, args, flags):
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f'cannot resume from {path}: not a search checkpoint ({e!r}); start over with --restart')
     # Flags added after a checkpoint was written are absent from it: compare with what the older version did.
-    legacy = {'split': 'none' if saved.get('split_data') == 0 else 'file' if saved.get('split_file') else 'seeded',
-              'bn_images': 'shared', 'flops_limit': None, 'params_limit': None, 'budget_network': 'imagenet',
-              'budget_channels': None, 'budget_layers': None}
-    saved = {**legacy, **saved}
-    changed = [f'--{k} {saved.get(k)} -> {getattr(args, k)}' for k in flags
-               if k in saved and saved[k] != getattr(args, k)]
+    legacy = {**LEGACY_FLAGS,
+              'split': 'none' if saved.get('split_data') == 0 else 'file' if saved.get('split_file') else 'seeded'}
+    changed = changed_flags(saved, {k: getattr(args, k) for k in flags}, fallback=legacy)
     if changed:
         raise UserError(f'{path} was written with other flags ({"; ".join(changed)}); use the original flags, '
                         'or --restart to start over')
@@ -96,7 +103,8 @@ def log_generation(run, summary, metric):
 
 
 def write_genotype(run, evo, args):
-    """genotype.json of the best candidate, in the search space's format (DARTS: a Genotype for stage 3)."""
+    """genotype.json of the best candidate, in the search space's format (DARTS: a Genotype for stage 3); returns
+    the SearchResult."""
     top = evo.best(10)
     best, info = top[0]
     path = run.path / 'genotype.json'
@@ -107,7 +115,7 @@ def write_genotype(run, evo, args):
             checkpoints={'model_path': os.path.abspath(args.model_path),
                          'init_model_path': os.path.abspath(args.init_model_path) if args.init_model_path else None},
             args=dict(vars(args)), **({'budget': evo.budget.limits()} if evo.budget is not None else {}))
-    return path, best, info
+    return SearchResult(path, best, info)
 
 
 def started_state(evo):
@@ -132,8 +140,8 @@ def show_progress(bar, evo):
 
 
 def run_search(ctx, args, run, evo, dist, flags):
-    """The evolution until done (or --stop_after candidates); returns (genotype.json path, best candidate, info)
-    on rank 0 at the end, else None. The search checkpoint is written after every round of world_size
+    """The evolution until done (or --stop_after candidates); returns the SearchResult on rank 0 at the end, else
+    None. The search checkpoint is written after every round of world_size
     candidates, at the end of a generation's scoring and when stopping."""
     scorer = METRICS[args.metric]
     evo.load_state_dict(dist.from_main(partial(started_state, evo)))

@@ -15,28 +15,27 @@
 Writes to --save: search_checkpoint.json (after every scored candidate), generations.jsonl (one line
 per generation), genotype.json (the best cell, for `retrain.py --arch`), log.txt, args.json, tb/.
 """
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
 
-import genotypes  # noqa: E402
-from data import add_data_args, inherit_split, load_search_data, resolve_split, split_digest  # noqa: E402
-from genotypes import GenotypeError  # noqa: E402
+from data import add_data_args  # noqa: E402
+from evolutionary_search import context  # noqa: E402
 from evolutionary_search.budget import NETWORKS, make_budget, parse_amount  # noqa: E402
 from evolutionary_search.evolution import Evolution, cand_key  # noqa: E402
-from evolutionary_search.metrics import METRICS, NEEDS_INIT, PRECISIONS, ScoringContext  # noqa: E402
+from evolutionary_search.metrics import METRICS  # noqa: E402
 from evolutionary_search.runner import CHECKPOINT, read_search, run_search, score_given  # noqa: E402
-from evolutionary_search.supernet_io import INHERITED, fill_inherited, load_init_supernet, load_supernet  # noqa: E402
-from spaces import SPACE_NAMES  # noqa: E402
-from devices import choose_device, memory_format  # noqa: E402
+from evolutionary_search.supernet_io import INHERITED  # noqa: E402
+from spaces.base import read_candidates_file  # noqa: E402
+from devices import choose_device  # noqa: E402
 from distributed import Dist  # noqa: E402
 from seeding import seed_everything  # noqa: E402
 from utils import (ArgumentParser, Run, UserError, add_noop_flags, lock_run_dir, locks_released, logger,  # noqa: E402
-                   parse_stds, pop_noop_flags, require, resolve_run_paths, restarts_from_beginning, run_cli)
+                   pop_noop_flags, require, resolve_run_paths, restarts_from_beginning, run_cli)
 
 # Flags that change scores or proposals: a resumed search must use the same values.
 SCORE_FLAGS = ['metric', 'stds', 'seed', 'max_train_img_size', 'max_val_img_size', 'wlm_weight', 'acc_weight',
@@ -48,47 +47,19 @@ SEARCH_OUTPUTS = (CHECKPOINT, 'metrics.jsonl', 'genotype.json')     # what --res
 NOOP_FLAGS = {'cutout': None, 'cutout_length': int}      # reference flags that do nothing in its search either
 
 
-def get_args_parser():
-    p = ArgumentParser(description='Stage 2: evolutionary search (GeNAS).')
-    g = p.add_argument_group('reference flags')
+def add_search_args(p):
+    g = p.add_argument_group('search')
     g.add_argument('--metric', default='wlm', help=f'one of {", ".join(METRICS)}')
-    g.add_argument('--stds', default='0.001,0.003,0.006', help='strictly increasing weight-noise stds for wlm')
-    g.add_argument('--max_train_img_size', type=int, default=850, help='training images for BN recalibration')
-    g.add_argument('--max_val_img_size', type=int, default=25000, help='validation images for acc / wlm')
-    g.add_argument('--wlm_weight', type=float, default=0.0, help='gamma of angle+wlm and acc+wlm')
-    g.add_argument('--acc_weight', type=float, default=0.0, help='weight of acc in angle+acc')
-    g.add_argument('--init_model_path', default=None, help='supernet checkpoint before training (angle metrics)')
-    g.add_argument('--model_path', default=None, help='trained supernet checkpoint')
-    g.add_argument('--batch_size', type=int, default=64, help='BN recalibration batch size')
-    g.add_argument('--test_batch_size', type=int, default=None,
-                   help='validation batch size (eval mode: changes speed only); None: 64 on a CPU (larger '
-                        'batches are slower there), 512 on a GPU')
     g.add_argument('--seed', type=int, default=3, help='seed of the evolution, BN batches and weight noise')
     g.add_argument('--save', default=None, help='run directory; None means runs/search-<metric>-<time>')
     g.add_argument('-r', '--refresh', action='store_true',
                    help='resume the search checkpoint in --save, as the reference; what happens anyway without it')
-    add_data_args(p)
-    p.set_defaults(split=None, **{k: None for k in INHERITED})
-    g = p.add_argument_group('evolution')
-    g.add_argument('--max_epochs', type=int, default=20, help='generations')
-    g.add_argument('--population_num', type=int, default=50, help='candidates per generation')
-    g.add_argument('--select_num', type=int, default=10, help='parents kept (elitist top-k)')
-    g.add_argument('--mutation_num', type=int, default=25, help='mutations per generation')
-    g.add_argument('--crossover_num', type=int, default=25, help='crossovers per generation')
-    g.add_argument('--m_prob', type=float, default=0.1, help='per-edge mutation probability')
-    g = p.add_argument_group('additions')
-    g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='where to score')
-    g.add_argument('--space', default=None, choices=SPACE_NAMES,
-                   help='search space of the supernet; None: the one its checkpoint records (darts for '
-                        'reference checkpoints)')
-    g.add_argument('--init_channels', type=int, default=None,
-                   help='supernet C; read from stage-1 checkpoints, needed for reference ones (16)')
-    g.add_argument('--layers', type=int, default=None,
-                   help='supernet cells; read from stage-1 checkpoints, needed for reference ones (8)')
     g.add_argument('--resume', default=None, help='search checkpoint (or its run directory) to continue')
     g.add_argument('--restart', action='store_true',
                    help='discard the search (checkpoint, generations, genotype.json) in --save and start over; '
                         'without it a search is never overwritten')
+    g.add_argument('--stop_after', type=int, default=0,
+                   help='stop after scoring N candidates in this invocation (resumable; 0: off)')
     g.add_argument('--force_split', action='store_true',
                    help='score even when the split differs from the one the supernet was trained on (its "valid" '
                         'images then include training images)')
@@ -96,26 +67,28 @@ def get_args_parser():
                    help='BN recalibration images: shared: the same for every candidate (seeded by --seed); '
                         'per_candidate: drawn from (seed, candidate), like the reference\'s fresh batches per '
                         'candidate')
-    g.add_argument('--bn_momentum', type=float, default=None,
-                   help='BN momentum during recalibration; None: exact cumulative average; 0.1: the reference')
-    g.add_argument('--perturb', default='cumulative', choices=['cumulative', 'direct'],
-                   help='cumulative: noise s_i - s_(i-1) on top of the last level (reference); '
-                        'direct: s_i on the clean weights')
-    g.add_argument('--acc_train_img_size', type=int, default=15000, help='BN images of the acc term of acc+wlm')
-    g.add_argument('--acc_val_img_size', type=int, default=25000, help='validation images of the acc term of acc+wlm')
+    return g
+
+
+def add_evolution_args(p):
+    g = p.add_argument_group('evolution')
+    g.add_argument('--max_epochs', type=int, default=20, help='generations')
+    g.add_argument('--population_num', type=int, default=50, help='candidates per generation')
+    g.add_argument('--select_num', type=int, default=10, help='parents kept (elitist top-k)')
+    g.add_argument('--mutation_num', type=int, default=25, help='mutations per generation')
+    g.add_argument('--crossover_num', type=int, default=25, help='crossovers per generation')
+    g.add_argument('--m_prob', type=float, default=0.1, help='per-edge mutation probability')
+    g = p.add_argument_group('given cells (scored instead of searching)')
     g.add_argument('--candidates', default=None,
                    help='file of candidates (one per line: 28 ints for darts; an arch string or 6 ints for '
-                        'nb201) to score instead of searching')
+                        'nb201; "#" starts a comment) to score instead of searching')
     g.add_argument('--arch', action='append', default=None,
                    help='cell to score instead of searching (repeatable): darts: named genotype or genotype '
                         '.json; nb201: arch string or the genotype.json of an nb201 search')
-    g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
-                   help='channels-last memory format (faster on CPU)')
-    g.add_argument('--score_precision', default='fp32', choices=PRECISIONS,
-                   help='numerics of scoring: fp32 (TF32 off), tf32, bf16 or fp16 autocast; see docs/performance.md '
-                        'for the measured ranking agreement before using anything but fp32')
-    g.add_argument('--stop_after', type=int, default=0,
-                   help='stop after scoring N candidates in this invocation (resumable; 0: off)')
+    return g
+
+
+def add_budget_args(p):
     g = p.add_argument_group('cost budget (evolutionary_search/budget.py)')
     g.add_argument('--flops_limit', type=parse_amount, default=None,
                    help='largest multiply-adds of one image through the --budget_network (e.g. 600M, 0.6G, 6e8); '
@@ -130,6 +103,17 @@ def get_args_parser():
                    help='init channels of that network; None: stage 3\'s default (imagenet 48, cifar 36; NB201 16)')
     g.add_argument('--budget_layers', type=int, default=None,
                    help='cells of that network; None: stage 3\'s default (imagenet 14, cifar 20; NB201 5 per stage)')
+    return g
+
+
+def get_args_parser():
+    p = ArgumentParser(description='Stage 2: evolutionary search (GeNAS).')
+    add_search_args(p)
+    context.add_scoring_args(p)
+    add_data_args(p)
+    p.set_defaults(split=None, **{k: None for k in INHERITED})    # not given: the supernet's own data and split
+    add_evolution_args(p)
+    add_budget_args(p)
     add_noop_flags(p, NOOP_FLAGS)
     return p
 
@@ -139,87 +123,21 @@ def parse_args(argv=None):
     pop_noop_flags(args)
     if args.metric not in METRICS:
         raise UserError(f'unknown --metric {args.metric!r}; choose one of {", ".join(METRICS)}')
-    args.stds = parse_stds(args.stds)
-    require([(getattr(args, f) is None or getattr(args, f) >= 1, f'--{f} must be >= 1')
-             for f in ('max_train_img_size', 'max_val_img_size', 'batch_size', 'test_batch_size', 'max_epochs',
-                       'population_num', 'select_num')])
+    args = context.check_scoring_args(args, [args.metric])
+    require([(getattr(args, f) >= 1, f'--{f} must be >= 1') for f in ('max_epochs', 'population_num', 'select_num')])
     require([(args.mutation_num + args.crossover_num <= args.population_num,
               '--mutation_num + --crossover_num must not exceed --population_num'),
              (args.select_num <= args.population_num,
               f'--select_num {args.select_num} exceeds --population_num {args.population_num}: the parents are '
-              'chosen among the population; lower --select_num'),
-             (args.model_path is not None,
-              '--model_path is required: the trained supernet checkpoint (e.g. checkpoint_epoch_250.pth.tar)')])
+              'chosen among the population; lower --select_num')])
     return resolve_run_paths(args, CHECKPOINT, f'search-{args.metric}')
 
 
-def trained_split(meta, args, n):
-    """(digest, description) of the train part the supernet was trained on, or None where unknown: recorded
-    by stage 1; derived from the args of older stage-1 checkpoints; for a reference checkpoint (no args) the
-    NAS-Bench-201 file of its CIFAR dataset, which the reference always trains on."""
-    if 'split_digest' in meta:
-        return meta['split_digest'], meta.get('split', 'its recorded split')
-    if meta.get('args'):
-        old = argparse.Namespace(dataset=args.dataset, split=None, split_file=None, split_seed=None,
-                                 train_portion=None, split_data=meta['args'].get('split_data', 1))
-        inherit_split(old, meta['args'])
-        split = resolve_split(old)
-    elif args.dataset in ('cifar10', 'cifar100'):
-        split = resolve_split(argparse.Namespace(dataset=args.dataset, split='nb201', split_data=1))
-    else:
-        return None
-    return split_digest(split.indices(n)[0]), split.describe()
-
-
-def check_split(args, meta, data, notes):
-    """One error line when the search would score on another split than the supernet was trained on (its
-    "valid" images would include training images), unless --force_split."""
-    if not meta.get('args'):
-        notes.append(f'{args.model_path} is a reference checkpoint (no args): scoring on {data.split.describe()}')
-    else:
-        notes.append(f'scoring on {data.split.describe()}')
-    expected = trained_split(meta, args, len(data.train))
-    if expected is None:
-        notes.append(f'the split {args.model_path} was trained on is unknown (not checked)')
-    elif expected[0] != data.split_digest:
-        message = (f'{args.model_path} was trained on {expected[1]}, but this search scores on '
-                   f'{data.split.describe()}, whose valid part overlaps the supernet\'s training images')
-        if not args.force_split:
-            raise UserError(f'{message}; drop the split flags to use the supernet\'s split, or pass --force_split')
-        notes.append(f'warning: {message} (--force_split)')
-
-
-def build_context(args, device, notes=None):
-    """Load checkpoints and data; everything that can fail on user input fails here. Lines worth logging
-    (which split is scored) are appended to `notes`."""
-    model, meta, space = load_supernet(args.model_path, args)
-    args.space = space.name
-    init_model = None
-    if args.metric in NEEDS_INIT:
-        if not args.init_model_path:
-            raise UserError(f'--metric {args.metric} needs --init_model_path '
-                            '(the checkpoint_epoch_0.pth.tar of stage 1)')
-        init_model = load_init_supernet(args.init_model_path, args, model)
-    fill_inherited(args, meta.get('args', {}))
-    data = load_search_data(args)
-    check_split(args, meta, data, notes if notes is not None else [])
-    data = data.resident(device)
-    if data.num_classes != model.num_classes:
-        raise UserError(f'{args.model_path} has {model.num_classes} classes but --dataset {args.dataset} has '
-                        f'{data.num_classes}; pass the dataset the supernet was trained on')
-    fmt = memory_format(args.channels_last)
-    model = model.to(device).to(memory_format=fmt).eval()
-    if args.test_batch_size is None:
-        args.test_batch_size = 64 if device.type == 'cpu' else 512
-    if init_model is not None:
-        init_model = init_model.to(device)
-    return ScoringContext(model=model, init_model=init_model, data=data, device=device, seed=args.seed,
-                          stds=tuple(args.stds), batch_size=args.batch_size, test_batch_size=args.test_batch_size,
-                          max_train_img_size=args.max_train_img_size, max_val_img_size=args.max_val_img_size,
-                          acc_train_img_size=args.acc_train_img_size, acc_val_img_size=args.acc_val_img_size,
-                          wlm_weight=args.wlm_weight, acc_weight=args.acc_weight, bn_momentum=args.bn_momentum,
-                          perturb=args.perturb, memory_format=fmt, precision=args.score_precision, space=space,
-                          bn_per_candidate=args.bn_images == 'per_candidate')
+def search_scoring(args, device, notes=None):
+    """The supernet(s) and data of the search as a context.Scoring (its settings: args with the resolved space,
+    test batch size and data split, what the run directory records)."""
+    return context.build_context(args, device, [args.metric], force_split=args.force_split, notes=notes,
+                                 bn_per_candidate=args.bn_images == 'per_candidate')
 
 
 def build_budget(args, ctx, notes):
@@ -258,22 +176,73 @@ def refuse_leftovers(save):
 
 def read_candidates(args, space):
     """(name, candidate) for --candidates lines and --arch values, in the supernet's space."""
-    out = []
-    if args.candidates:
-        lines = genotypes.read_text_file(args.candidates, '--candidates', 'a text file of candidates',
-                                         'pass a text file with one candidate per line').splitlines()
-        for n, line in enumerate(lines, 1):
-            if line.strip() and not line.lstrip().startswith('#'):
-                try:
-                    out.append((f'line {n}', space.parse(line)))
-                except GenotypeError as e:
-                    raise UserError(f'--candidates {args.candidates} line {n}: {e}')
-        if not out:
-            raise UserError(f'--candidates {args.candidates} holds no candidate (only comments or blank lines); '
-                            'put one candidate per line (28 ints for DARTS; 6 ints or an arch string for NB201)')
-    for arch in args.arch or []:
-        out.append((arch, space.resolve_arch(arch)))
-    return out
+    out = [(f'line {c.line}', c.candidate) for c in read_candidates_file(args.candidates, space)] \
+        if args.candidates else []
+    return out + [(arch, space.resolve_arch(arch)) for arch in args.arch or []]
+
+
+class Prepared(NamedTuple):
+    scoring: context.Scoring      # the context and the resolved settings
+    budget: object                # budget.Budget or None
+    todo: list                    # (name, candidate) given to score instead of searching, or None
+    notes: list                   # lines to log once the run directory is open
+
+
+def prepare(args, device):
+    """Everything that can fail on user input, before anything is written."""
+    notes = []
+    scoring = search_scoring(args, device, notes)
+    budget = build_budget(scoring.settings, scoring.ctx, notes)
+    todo = read_candidates(args, scoring.ctx.space) if (args.candidates or args.arch) else None
+    if todo is not None:
+        todo = within_budget(todo, budget, notes)
+    return Prepared(scoring, budget, todo, notes)
+
+
+def open_search(s, dist, evo, searching):
+    """Lock --save and load the search checkpoint to resume, where there is one; returns (resuming, its path)."""
+    ckpt_path = s.resume or os.path.join(s.save, CHECKPOINT)
+    if s.resume and not os.path.isfile(s.resume) and not restarts_from_beginning(s.resume, CHECKPOINT):
+        raise UserError(f'--resume {s.resume} does not exist; pass the {CHECKPOINT} of a search run directory')
+    if s.restart and s.resume:
+        raise UserError('--restart starts over and --resume continues: pass one of them')
+    dist.from_main(lambda: lock_run_dir(s.save))      # rank 0 alone writes
+    resuming = searching and not s.restart and dist.from_main(lambda: os.path.isfile(ckpt_path))
+    if searching and not resuming and not s.restart:
+        dist.from_main(lambda: refuse_leftovers(s.save))
+    if resuming:      # rank 0 reads it; run_search hands the state to the other ranks
+        state = dist.from_main(lambda: read_search(ckpt_path, s, SCORE_FLAGS))
+        if dist.is_main:
+            evo.load_state_dict(state)
+    return resuming, ckpt_path
+
+
+def start_search(s, run, evo, dist, resuming, ckpt_path):
+    """Log how the search starts; --restart discards the outputs of the search before."""
+    if resuming and dist.is_main:
+        run.metrics_file.write_text(''.join(json.dumps(h) + '\n' for h in evo.history))
+        logger.info('resumed from %s%s: generation %d, %d candidates scored; candidates not yet scored are scored '
+                    'now', ckpt_path, ' (-r/--refresh: resuming is the default here; --restart starts over)'
+                    if s.refresh else '', evo.generation + 1, len(evo.scores))
+    elif s.restart and dist.is_main:
+        discarded = [p.name for p in map(Path(s.save).joinpath, SEARCH_OUTPUTS) if p.exists()]
+        for name in discarded:
+            (Path(s.save) / name).unlink()
+        logger.info('--restart: starting a new search%s', f' (discarded {", ".join(discarded)})' if discarded else '')
+    elif s.refresh:
+        logger.info('-r/--refresh: no search checkpoint in %s, starting a new search', s.save)
+    logger.info('search: metric %s, %d generations x %d candidates, supernet %s, %d process(es)', s.metric,
+                s.max_epochs, s.population_num, s.model_path, dist.world_size)
+
+
+def search_summary(result, space, evo):
+    """main's return value on rank 0 (None elsewhere, or when stopped early); prints the best genotype."""
+    if result is None:
+        return None
+    geno = space.decode(result.candidate)
+    logger.info('best candidate %s score %.6g -> %s', cand_key(result.candidate), result.info['score'], result.path)
+    print(geno)
+    return {'genotype': geno, 'score': result.info['score'], 'path': str(result.path), 'top': evo.best(10)}
 
 
 @locks_released
@@ -281,61 +250,25 @@ def main(args):
     dist = Dist()
     device = choose_device(args.device, dist.local_rank, share=True)    # more ranks than GPUs: they share them
     seed_everything(args.seed)
-    notes = []
-    ctx = build_context(args, device, notes)
-    budget = build_budget(args, ctx, notes)
-    todo = read_candidates(args, ctx.space) if (args.candidates or args.arch) else None
-    if todo is not None:
-        todo = within_budget(todo, budget, notes)
+    ready = prepare(args, device)
+    ctx, s = ready.scoring.ctx, ready.scoring.settings
     dist.init(device, backend='gloo')   # ranks exchange only scores and states, on the CPU: they may share a GPU
-    evo = Evolution(args.max_epochs, args.population_num, args.select_num, args.mutation_num, args.crossover_num,
-                    args.m_prob, seed=args.seed, space=ctx.space, budget=budget)
-    ckpt_path = args.resume or os.path.join(args.save, CHECKPOINT)
-    if args.resume and not os.path.isfile(args.resume) and not restarts_from_beginning(args.resume, CHECKPOINT):
-        raise UserError(f'--resume {args.resume} does not exist; pass the {CHECKPOINT} of a search run directory')
-    if args.restart and args.resume:
-        raise UserError('--restart starts over and --resume continues: pass one of them')
-    dist.from_main(lambda: lock_run_dir(args.save))      # rank 0 alone writes
-    resuming = todo is None and not args.restart and dist.from_main(lambda: os.path.isfile(ckpt_path))
-    if todo is None and not resuming and not args.restart:
-        dist.from_main(lambda: refuse_leftovers(args.save))
-    if resuming:      # rank 0 reads it; run_search hands the state to the other ranks
-        state = dist.from_main(lambda: read_search(ckpt_path, args, SCORE_FLAGS))
-        if dist.is_main:
-            evo.load_state_dict(state)
-    run = Run(args.save, args, is_main=dist.is_main)
-    for note in notes:
+    evo = Evolution(s.max_epochs, s.population_num, s.select_num, s.mutation_num, s.crossover_num,
+                    s.m_prob, seed=s.seed, space=ctx.space, budget=ready.budget)
+    resuming, ckpt_path = open_search(s, dist, evo, searching=ready.todo is None)
+    run = Run(s.save, s, is_main=dist.is_main)
+    for note in ready.notes:
         logger.info('%s', note)
-    if todo is not None:
-        logger.info('scoring %d given candidates with %s on %d process(es)', len(todo), args.metric, dist.world_size)
-        results = score_given(ctx, args, run, todo, dist)
-        run.close()
-        dist.close()
-        return results
-    if resuming and dist.is_main:
-        run.metrics_file.write_text(''.join(json.dumps(s) + '\n' for s in evo.history))
-        logger.info('resumed from %s%s: generation %d, %d candidates scored; candidates not yet scored are scored '
-                    'now', ckpt_path, ' (-r/--refresh: resuming is the default here; --restart starts over)'
-                    if args.refresh else '', evo.generation + 1, len(evo.scores))
-    elif args.restart and dist.is_main:
-        discarded = [p.name for p in map(Path(args.save).joinpath, SEARCH_OUTPUTS) if p.exists()]
-        for name in discarded:
-            (Path(args.save) / name).unlink()
-        logger.info('--restart: starting a new search%s', f' (discarded {", ".join(discarded)})' if discarded else '')
-    elif args.refresh:
-        logger.info('-r/--refresh: no search checkpoint in %s, starting a new search', args.save)
-    logger.info('search: metric %s, %d generations x %d candidates, supernet %s, %d process(es)', args.metric,
-                args.max_epochs, args.population_num, args.model_path, dist.world_size)
-    result = run_search(ctx, args, run, evo, dist, SCORE_FLAGS)
+    if ready.todo is not None:
+        logger.info('scoring %d given candidates with %s on %d process(es)', len(ready.todo), s.metric,
+                    dist.world_size)
+        results = score_given(ctx, s, run, ready.todo, dist)
+    else:
+        start_search(s, run, evo, dist, resuming, ckpt_path)
+        results = search_summary(run_search(ctx, s, run, evo, dist, SCORE_FLAGS), ctx.space, evo)
     run.close()
     dist.close()
-    if result is None:
-        return None
-    path, best, info = result
-    geno = ctx.space.decode(best)
-    logger.info('best candidate %s score %.6g -> %s', cand_key(best), info['score'], path)
-    print(geno)
-    return {'genotype': geno, 'score': info['score'], 'path': str(path), 'top': evo.best(10)}
+    return results
 
 
 if __name__ == '__main__':

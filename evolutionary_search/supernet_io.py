@@ -2,7 +2,7 @@
 
     model, meta, space = load_supernet('runs/supernet-c100/checkpoint_epoch_250.pth.tar', args)
     init_model = load_init_supernet(args.init_model_path, args, model)      # the angle metrics
-    fill_inherited(data_args, meta.get('args', {}))                          # score on the supernet's split
+    data_flags = inherited_data_flags(data_args, meta.get('args', {}))       # score on the supernet's split
 
 `args` needs `space` (None: the checkpoint's), `init_channels` and `layers` (None: the checkpoint's; a
 reference checkpoint records neither). Stage-1 checkpoints record their space; reference checkpoints
@@ -10,7 +10,7 @@ do not and hold DARTS supernets.
 """
 from typing import NamedTuple
 
-from data import inherit_split
+from data import inherited_split_flags
 from spaces import get_space
 from checkpoints import load_checkpoint, load_state_checked
 from utils import UserError
@@ -32,7 +32,7 @@ def checkpoint_space(ckpt, args, path):
     if saved and args.space and saved != args.space:
         raise UserError(f'{path} holds a {saved} supernet, not {args.space}; drop --space or pass a {args.space} '
                         'checkpoint')
-    return get_space(saved or args.space or 'darts')
+    return get_space(saved or args.space)       # neither: the default space (DARTS)
 
 
 def load_supernet(path, args, inside='checkpoint_epoch_*.pth.tar'):
@@ -64,9 +64,9 @@ def load_init_supernet(path, args, model):
     return init_model
 
 
-def fill_inherited(args, trained_args):
-    """Data flags not given (None) take the supernet's own values, so that scoring uses its valid part."""
-    for k, fallback in INHERITED.items():
-        if getattr(args, k) is None:
-            setattr(args, k, trained_args.get(k, fallback))
-    inherit_split(args, trained_args)
+def inherited_data_flags(args, trained_args):
+    """The data flags of `args` with those not given (None) set to the supernet's own values (so that scoring
+    uses its valid part), as a new dict; `args` is left as it is."""
+    flags = {k: trained_args.get(k, fallback) if getattr(args, k) is None else getattr(args, k)
+             for k, fallback in INHERITED.items()}
+    return {**flags, **inherited_split_flags(args, trained_args)}

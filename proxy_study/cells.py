@@ -5,7 +5,7 @@ from pathlib import Path
 
 from genotypes import GenotypeError
 from spaces import get_space
-from spaces.darts import uniform_candidate  # noqa: F401 (named here before it moved to the space)
+from spaces.base import read_candidates_file
 from utils import UserError
 
 MIN_CELLS = 3           # Kendall's tau and a bootstrap need at least three cells
@@ -17,34 +17,18 @@ class Cell:
     candidate: tuple        # the op codes (28 for DARTS, 6 for NB201)
 
 
-def sample_cells(n, seed, space=None):
-    """n distinct candidates drawn uniformly from the valid ones of `space` (default DARTS), seeded."""
-    return [Cell(f'sample {i}', tuple(c)) for i, c in enumerate((space or get_space()).uniform_sample(n, seed))]
+def sample_cells(n, seed, space):
+    """n distinct candidates drawn uniformly from the valid ones of `space`, seeded."""
+    return [Cell(f'sample {i}', tuple(c)) for i, c in enumerate(space.uniform_sample(n, seed))]
 
 
-def read_candidates_file(path, space=None):
-    """One candidate per line in the space's notation (DARTS: 28 ints, commas or spaces; NB201: 6 ints or an
-    arch string); blank lines and # comments skipped."""
-    space = space or get_space()
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as e:
-        raise UserError(f'cannot read --candidates {path}: {e.strerror}; check the path')
-    cells = []
-    for n, line in enumerate(lines, 1):
-        text = line.split('#')[0]
-        if text.strip():
-            try:
-                cells.append(Cell(f'line {n} of {Path(path).name}', tuple(space.parse(text))))
-            except GenotypeError as e:
-                raise UserError(f'--candidates {path} line {n} is not a cell of the {space.name} search space '
-                                f'({e}); fix or remove that line')
-    return cells
+def file_cells(path, space):
+    """The cells of a --candidates file (spaces.base.read_candidates_file), named by their line."""
+    return [Cell(f'line {c.line} of {Path(path).name}', tuple(c.candidate)) for c in read_candidates_file(path, space)]
 
 
-def named_cells(names, space=None):
+def named_cells(names, space):
     """--arch values: DARTS named genotypes or genotype .json files; NB201 arch strings or 6 ints."""
-    space = space or get_space()
     cells = []
     for arch in names:
         try:
@@ -55,10 +39,12 @@ def named_cells(names, space=None):
 
 
 def select_cells(num_cells=0, sample_seed=0, candidates=None, arch=(), space=None):
-    """The study's cells: sample, then file, then names; a candidate seen before is skipped."""
+    """The study's cells: sample, then file, then names; a candidate seen before is skipped. `space`: None, the
+    default space."""
+    space = get_space(None) if space is None else space
     cells = sample_cells(num_cells, sample_seed, space) if num_cells else []
     if candidates:
-        cells += read_candidates_file(candidates, space)
+        cells += file_cells(candidates, space)
     cells += named_cells(arch or [], space)
     unique, seen = [], set()
     for c in cells:

@@ -13,65 +13,48 @@ import dataclasses
 import json
 import time
 
-
-from data import load_search_data
-from evolutionary_search.metrics import DETERMINISTIC, METRICS, NEEDS_INIT, ScoringContext
-from evolutionary_search.supernet_io import fill_inherited, load_init_supernet, load_supernet
+from evolutionary_search.context import add_scoring_args as add_stage2_scoring_args
+from evolutionary_search.context import build_context as build_scoring
+from evolutionary_search.context import check_scoring_args
+from evolutionary_search.metrics import DETERMINISTIC, METRICS, ScoringContext
 from genotypes import GenotypeError
 from proxy_study.records import read_jsonl
-from spaces import SPACE_NAMES
-from devices import memory_format
-from utils import UserError, atomic_write_text, logger, parse_stds, require, setup_logging
+from utils import UserError, atomic_write_text, changed_flags, logger, require, setup_logging
 
 OUTPUT, SETTINGS = 'scores.jsonl', 'settings.json'
 # Flags that change scores: fixed for a run directory.
 SCORE_FLAGS = ['model_path', 'init_model_path', 'stds', 'max_train_img_size', 'max_val_img_size', 'batch_size',
                'wlm_weight', 'acc_weight', 'bn_momentum', 'perturb', 'standalone_channels', 'standalone_layers']
+# Scoring flags recorded in settings.json only where they differ from these values, which studies scored with
+# before they were flags here: the settings of such studies (and their reports) stay as they were.
+LATER_FLAGS = {'score_precision': 'fp32', 'acc_train_img_size': None, 'acc_val_img_size': None}
 
 
 def add_score_args(p):
-    """The scoring flags shared by scores.py and nb201.py."""
-    p.add_argument('--model_path', required=True, help='trained supernet checkpoint of stage 1')
-    p.add_argument('--init_model_path', default=None, help='its checkpoint_epoch_0.pth.tar (angle metrics)')
-    p.add_argument('--metrics', default=','.join(METRICS), help='comma-separated metrics (default: all)')
-    p.add_argument('--scoring_seeds', type=int, default=2, help='K seeds per random metric: --seed .. --seed+K-1')
-    p.add_argument('--seed', type=int, default=0, help='first scoring seed')
-    p.add_argument('--stds', default='0.001,0.003,0.006', help='weight-noise stds of the flatness metrics')
-    p.add_argument('--max_train_img_size', type=int, default=850, help='BN recalibration images')
-    p.add_argument('--max_val_img_size', type=int, default=25000,
-                   help='validation images of acc and flatness (also the acc term of acc+wlm)')
-    p.add_argument('--batch_size', type=int, default=64, help='BN recalibration batch (and zero-cost batch)')
-    p.add_argument('--test_batch_size', type=int, default=None, help='validation batch (speed only)')
-    p.add_argument('--wlm_weight', type=float, default=16.0, help='gamma of angle+wlm and acc+wlm (published: 16)')
-    p.add_argument('--acc_weight', type=float, default=1.0, help='weight of acc in angle+acc')
-    p.add_argument('--bn_momentum', type=float, default=None, help='None: exact average (see stage 2)')
-    p.add_argument('--perturb', default='cumulative', choices=['cumulative', 'direct'], help='noise scheme')
-    p.add_argument('--standalone_channels', type=int, default=None,
+    """The scoring flags shared by scores.py and nb201.py: stage 2's, and the study's own."""
+    add_stage2_scoring_args(p)
+    # The study scores the published combinations (gamma 16 in angle+wlm and acc+wlm, acc weighted 1 in
+    # angle+acc) where stage 2 keeps the reference's 0, and the acc term of acc+wlm on the images of acc.
+    p.set_defaults(wlm_weight=16.0, acc_weight=1.0, acc_train_img_size=None, acc_val_img_size=None)
+    g = p.add_argument_group('proxy study scoring')
+    g.add_argument('--metrics', default=','.join(METRICS), help='comma-separated metrics (default: all)')
+    g.add_argument('--scoring_seeds', type=int, default=2, help='K seeds per random metric: --seed .. --seed+K-1')
+    g.add_argument('--seed', type=int, default=0, help='first scoring seed')
+    g.add_argument('--standalone_channels', type=int, default=None,
                    help='C of the stand-alone networks (zero-cost metrics); None: the ground truth\'s protocol')
-    p.add_argument('--standalone_layers', type=int, default=None, help='their cells; None: the protocol\'s')
-    p.add_argument('--space', default=None, choices=SPACE_NAMES,
-                   help='search space of the supernet; None: the one its checkpoint records (darts for reference '
-                        'checkpoints)')
-    p.add_argument('--init_channels', type=int, default=None, help='supernet C (reference checkpoints: 16)')
-    p.add_argument('--layers', type=int, default=None, help='supernet cells (reference checkpoints: 8)')
-    p.add_argument('--data', default=None, help='dataset folder (default: the supernet\'s)')
-    p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='device')
-    p.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True, help='memory format')
+    g.add_argument('--standalone_layers', type=int, default=None, help='their cells; None: the protocol\'s')
+    g.add_argument('--data', default=None, help='dataset folder (default: the supernet\'s)')
     return p
 
 
 def check_score_args(args):
-    """Parse --stds and --metrics in place; one UserError for the first bad value."""
-    args.stds = parse_stds(args.stds)
-    args.metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
-    unknown = [m for m in args.metrics if m not in METRICS]
+    """A checked copy of args, --stds and --metrics parsed; one UserError for the first bad value."""
+    metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
+    unknown = [m for m in metrics if m not in METRICS]
     require([(not unknown, f'unknown --metrics {unknown}; choose from {", ".join(METRICS)}'),
-             (args.scoring_seeds >= 1, '--scoring_seeds must be >= 1'),
-             (args.init_model_path or not NEEDS_INIT & set(args.metrics),
-              f'--init_model_path is needed for {", ".join(sorted(NEEDS_INIT & set(args.metrics)))}: pass the '
-              'checkpoint_epoch_0.pth.tar of stage 1, or leave those out of --metrics')])
-    require([(getattr(args, f) >= 1, f'--{f} must be >= 1') for f in ('max_train_img_size', 'max_val_img_size',
-                                                                       'batch_size')])
+             (args.scoring_seeds >= 1, '--scoring_seeds must be >= 1')])
+    args = check_scoring_args(args, metrics)
+    args.metrics = metrics
     return args
 
 
@@ -81,13 +64,12 @@ class Setup:
     dataset: str            # what the supernet was trained on (data.py's name)
 
 
-def supernet_data_args(args, meta):
-    """The data flags of the supernet's own train / valid split (the checkpoint's; --data may move it)."""
-    data_args = argparse.Namespace(
+def supernet_data_args(args):
+    """The data flags of the supernet's own train / valid split: all None (the checkpoint's) but --data, which
+    may move it."""
+    return argparse.Namespace(
         dataset=None, data=args.data, split_data=None, download=False, split=None, train_portion=None,
         split_seed=None, split_file=None, train_subset=0, valid_subset=0, random_label=0)
-    fill_inherited(data_args, meta.get('args', {}))    # a reference checkpoint: CIFAR-100, its NB201 split file
-    return data_args
 
 
 def check_cells(space, cells, source):
@@ -104,40 +86,32 @@ def build_context(args, device, cells, source, protocol=None):
     fails here. `protocol`: the ground truth's, where known: its dataset must be the supernet's, its
     init_channels / layers are the default shape of the stand-alone networks."""
     protocol = protocol or {}
-    model, meta, space = load_supernet(args.model_path, args)
-    data_args = supernet_data_args(args, meta)
-    dataset = data_args.dataset
+    scoring = build_scoring(args, device, args.metrics, data_args=supernet_data_args(args), cache={},
+                            standalone_channels=args.standalone_channels or protocol.get('init_channels'),
+                            standalone_layers=args.standalone_layers or protocol.get('layers'))
+    dataset = scoring.settings.dataset
     if protocol.get('dataset') and protocol['dataset'] != dataset:
         raise UserError(f'the supernet {args.model_path} was trained on {dataset} but the ground truth on '
                         f'{protocol["dataset"]}; pass a supernet trained by stage 1 on {protocol["dataset"]}')
-    data = load_search_data(data_args).resident(device)
-    init_model = load_init_supernet(args.init_model_path, args, model).to(device) if args.init_model_path else None
-    if data.num_classes != model.num_classes:
-        raise UserError(f'{args.model_path} has {model.num_classes} classes but its dataset {dataset} '
-                        f'has {data.num_classes}; pass --data for the dataset it was trained on')
-    check_cells(space, cells, source)
-    fmt = memory_format(args.channels_last)
-    ctx = ScoringContext(
-        model=model.to(device).to(memory_format=fmt).eval(), init_model=init_model, data=data, device=device,
-        stds=tuple(args.stds), batch_size=args.batch_size,
-        test_batch_size=args.test_batch_size or (64 if device.type == 'cpu' else 512),
-        max_train_img_size=args.max_train_img_size, max_val_img_size=args.max_val_img_size,
-        acc_train_img_size=args.max_train_img_size, acc_val_img_size=args.max_val_img_size,
-        wlm_weight=args.wlm_weight, acc_weight=args.acc_weight, bn_momentum=args.bn_momentum, perturb=args.perturb,
-        memory_format=fmt, cache={}, space=space,
-        standalone_channels=args.standalone_channels or protocol.get('init_channels'),
-        standalone_layers=args.standalone_layers or protocol.get('layers'))
-    return Setup(ctx, dataset)
+    check_cells(scoring.ctx.space, cells, source)
+    return Setup(scoring.ctx, dataset)
+
+
+def score_settings(args):
+    """What settings.json records: SCORE_FLAGS, and LATER_FLAGS away from their earlier values."""
+    later = {k: getattr(args, k) for k, v in LATER_FLAGS.items() if getattr(args, k) != v}
+    return {**{k: getattr(args, k) for k in SCORE_FLAGS}, **later}
 
 
 def done_scores(save, args):
     """(candidate, metric, seed) already scored; refuses a run directory scored with other flags. A line
     cut short by a kill is dropped."""
-    settings = {k: getattr(args, k) for k in SCORE_FLAGS}
+    settings = score_settings(args)
     path = save / SETTINGS
     if path.exists():
-        saved = json.loads(path.read_text())
-        changed = [f'--{k} {saved.get(k)} -> {v}' for k, v in settings.items() if saved.get(k) != v]
+        current = {**settings, **{k: getattr(args, k) for k in LATER_FLAGS}}
+        changed = changed_flags(json.loads(path.read_text()), current,
+                                fallback={**{k: None for k in SCORE_FLAGS}, **LATER_FLAGS})
         if changed:
             raise UserError(f'{save} holds scores made with other flags ({"; ".join(changed)}); use the same '
                             'flags to resume, or another --save')

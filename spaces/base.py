@@ -4,6 +4,9 @@ A *candidate* is a flat list of ints (op codes), JSON-serializable and hashable 
 fixes its length and meaning. Stages never look inside one: they sample, mutate, cross over, show and
 score candidates through these methods, and run supernets through `forward_args`.
 """
+from typing import NamedTuple
+
+from genotypes import GenotypeError, read_text_file
 
 
 class SearchSpace:
@@ -101,3 +104,30 @@ def conv_bn_weights(op):
     """What an op of operations.py (`convs`, `bns`) adds to an angle vector: its conv weights in forward
     order, then each BN's weight and bias."""
     return [conv.weight for conv in op.convs] + [t for bn in op.bns for t in (bn.weight, bn.bias)]
+
+
+class FileCandidate(NamedTuple):
+    line: int                  # 1-based line number in the file
+    candidate: list            # the space's candidate
+
+
+def read_candidates_file(path, space, flag='--candidates'):
+    """The candidates of a text file, one per line in the space's notation (DARTS: 28 ints, commas or spaces;
+    NB201: 6 ints or an arch string); everything after a '#' is a comment, blank lines are skipped. One
+    GenotypeError line naming the file, the line and the fix for an unreadable file, a line that is not a
+    candidate of `space`, or a file without any candidate."""
+    text = read_text_file(path, flag, 'a text file of candidates', 'pass a text file with one candidate per line')
+    found = []
+    for n, line in enumerate(text.splitlines(), 1):
+        cell = line.split('#')[0].strip()
+        if not cell:
+            continue
+        try:
+            found.append(FileCandidate(n, space.parse(cell)))
+        except GenotypeError as e:
+            raise GenotypeError(f'{flag} {path} line {n} is not a cell of the {space.name} search space ({e}); fix '
+                                'or remove that line') from None
+    if not found:
+        raise GenotypeError(f'{flag} {path} holds no candidate (only comments or blank lines); put one candidate per '
+                            'line (28 ints for DARTS; 6 ints or an arch string for NB201)')
+    return found

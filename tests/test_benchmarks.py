@@ -43,7 +43,7 @@ def test_bench_workloads_follow_the_flags():
     (['--model_path', 'x.pth.tar', '--bogus'], '--bogus'),
     (['--model_path', 'x.pth.tar', '--candidates', '0'], '--candidates must be >= 1'),
     (['--model_path', 'x.pth.tar', '--precisions', 'bf16,fp8'], "unknown 'fp8'"),
-    (['--model_path', 'x.pth.tar', '--metric', 'angle'], '--metric angle needs --init_model_path'),
+    (['--model_path', 'x.pth.tar', '--metric', 'angle'], 'angle need(s) --init_model_path'),
     (['--model_path', 'x.pth.tar', '--stds', '0.003,0.001'], 'strictly increasing'),
     ([], '--model_path'),
     pytest.param(['--model_path', 'x.pth.tar', '--device', 'cuda'], 'no CUDA device is visible', marks=NO_GPU),

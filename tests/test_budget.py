@@ -6,6 +6,7 @@ import random
 from collections import Counter
 
 import pytest
+import torch
 
 import genotypes as G
 from conftest import cli_exit_code, snapshot_dir
@@ -28,9 +29,9 @@ def small_budget(**limits):
     return Budget(DARTS, 'cifar', 4, 3, 10, (3, 32, 32), **limits)
 
 
-def test_darts_v2_on_imagenet_costs_what_the_spec_says():
-    """SPEC section 2: DARTS_V2 at C=48, 14 cells, 224x224 counts 529.9M multiply-adds (convolutions and linear
-    layers) and 4.7M parameters."""
+def test_darts_v2_on_imagenet_costs_what_the_paper_says():
+    """DARTS_V2 in the mobile setting (C=48, 14 cells, 224x224) counts 529.9M multiply-adds (convolutions and
+    linear layers) and 4.7M parameters."""
     budget = make_budget(argparse.Namespace(flops_limit=6e8, params_limit=None, budget_network='imagenet',
                                             budget_channels=None, budget_layers=None), DARTS, 10, (32, 32))
     assert (budget.channels, budget.layers, budget.num_classes, budget.input_shape) == (48, 14, 1000, (3, 224, 224))
@@ -123,6 +124,36 @@ def test_given_cells_over_a_limit_are_not_scored_either():
     kept = search.within_budget([('cheap', cheap), ('dear', dear)], CountingBudget(limit=9), notes)
     assert kept == [('cheap', cheap)] and notes == ['dear not scored: 11 > 9']
     assert search.within_budget([('dear', dear)], None, notes) == [('dear', dear)]
+
+
+def cost_by_hand(net):
+    """{'macs', 'params'} of a network counted here: every parameter, and per image the multiply-adds of its
+    convolutions (output elements x inputs per output) and linear layers (in x out)."""
+    macs = []
+
+    def count(m, inputs, out):
+        if isinstance(m, torch.nn.Conv2d):
+            macs.append(out.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
+        elif isinstance(m, torch.nn.Linear):
+            macs.append(m.in_features * m.out_features)
+    hooks = [m.register_forward_hook(count) for m in net.modules()]
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    return {'macs': sum(macs), 'params': sum(p.numel() for p in net.parameters())}
+
+
+@pytest.mark.parametrize('flag, key', [('--flops_limit', 'macs'), ('--params_limit', 'params')])
+def test_a_cell_at_the_limit_is_accepted_one_unit_over_refused(flag, key):
+    cand = G.encode(G.DARTS_V2)
+    cost = cost_by_hand(DARTS.budget_network('cifar', cand, 4, 10, 3))
+    for limit, kept in ((cost[key], True), (cost[key] - 1, False)):
+        args = search.parse_args(['--model_path', 'unused.pth.tar', flag, str(limit), *map(str, SMALL_NET)])
+        budget = make_budget(args, DARTS, 10, (32, 32))
+        notes = []
+        assert search.within_budget([('DARTS_V2', cand)], budget, notes) == ([('DARTS_V2', cand)] if kept else [])
+        assert len(notes) == (0 if kept else 1)
 
 
 # --- the CLI --------------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import genotypes as G
-from data import load_search_data
+from data import ArrayData, SearchData, load_search_data
 from evolutionary_search import metrics as M
+from spaces.darts import angle_vector, cell_paths
 from spaces.darts_supernet import Network
 
 
@@ -51,20 +52,20 @@ def test_scoring_leaves_the_supernet_bit_identical(ctx, metric):
     assert momenta == [m.momentum for m in ctx.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
 
-def test_combinations_follow_the_spec(ctx):
+def test_combinations_follow_the_reference_formulas(ctx):
     a, w, acc = M.score_angle(ctx, CAND), M.score_wlm(ctx, CAND), M.score_acc(ctx, CAND)
     aw, aa = M.score_angle_wlm(ctx, CAND), M.score_angle_acc(ctx, CAND)
     assert aw['score'] == pytest.approx(a['score'] / math.pi + 2.0 / 0.001 * w['score'], rel=1e-12)
     assert aa['score'] == pytest.approx(a['score'] / math.pi + 3.0 * acc['score'], rel=1e-12)
     accw = M.score_acc_wlm(ctx, CAND)      # its acc term uses acc_train/val_img_size
-    acc2, _ = M.recalibrated_accuracy(ctx, CAND, 96, 64)
+    acc2 = M.recalibrated_accuracy(ctx, CAND, 96, 64).acc
     assert accw['acc'] == acc2 and accw['score'] == pytest.approx(acc2 + 2.0 / 0.001 * w['score'], rel=1e-12)
     assert aw['angle'] == a['angle'] and aw['wlm'] == w['wlm']
 
 
 def test_acc_equals_plain_pytorch_by_hand(ctx):
     cand = G.random_candidate(random.Random(5))
-    acc, loss = M.recalibrated_accuracy(ctx, cand, 64, 96)
+    ev = M.recalibrated_accuracy(ctx, cand, 64, 96)
     net = copy.deepcopy(ctx.model)
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -80,15 +81,51 @@ def test_acc_equals_plain_pytorch_by_hand(ctx):
             / torch.tensor(ctx.data.valid.std).view(1, 3, 1, 1)
         logits = net.forward_candidate(x, cand)
     y = ctx.data.valid.labels[idx]
-    assert acc == (logits.argmax(1) == y).sum().item() / len(y)
-    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert ev.acc == (logits.argmax(1) == y).sum().item() / len(y)
+    assert ev.loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def constant_split(train_value, valid_value, n=64):
+    """A split whose train part holds only images of the pixel value `train_value` and whose valid part only
+    images of `valid_value` (uint8, 3x32x32)."""
+    labels = torch.arange(n) % 10
+    train, valid = (ArrayData(torch.full((n, 3, 32, 32), v, dtype=torch.uint8), labels, 10, MEAN, STD)
+                    for v in (train_value, valid_value))
+    return SearchData(train, torch.arange(n), valid, torch.arange(n), 10)
+
+
+@pytest.mark.parametrize('metric', ['acc', 'wlm'])
+def test_bn_statistics_come_from_the_training_images(ctx, metric):
+    """The stem BN's statistics that acc and wlm evaluate with are those of the train part: computed here by
+    hand from the train images (all 0: random crops with zero padding and flips leave them all 0, so every
+    batch is the same constant image), not through bn_batches; the valid images (all 255) would give others."""
+    small = copy.copy(ctx)
+    small.data, small.max_train_img_size, small.max_val_img_size, small.batch_size = constant_split(0, 255), 64, 32, 32
+    pixel = ((0 - torch.tensor(MEAN) * 255) / (torch.tensor(STD) * 255)).view(1, 3, 1, 1)
+    stem_conv, stem_bn = ctx.model.stem
+    with torch.no_grad():
+        y = torch.nn.functional.conv2d(pixel.expand(32, 3, 32, 32), stem_conv.weight, padding=1)
+    expected_mean, expected_var = y.mean((0, 2, 3)), y.var((0, 2, 3), unbiased=True)
+    seen = []
+    hook = stem_bn.register_forward_hook(
+        lambda m, inputs, out: None if m.training else seen.append((m.running_mean.clone(), m.running_var.clone())))
+    try:
+        M.METRICS[metric](small, CAND)
+    finally:
+        hook.remove()
+    mean, var = seen[0]         # the first evaluation after the recalibration
+    assert torch.allclose(mean, expected_mean, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(var, expected_var, rtol=1e-4, atol=1e-7)
 
 
 def test_tiny_stds_give_the_unperturbed_loss(ctx):
     small = copy.copy(ctx)
     small.stds = (1e-12, 2e-12, 3e-12)
     losses = M.perturbed_losses(small, CAND)
-    _, clean = M.recalibrated_accuracy(ctx, CAND, ctx.max_train_img_size, ctx.max_val_img_size)
+    clean = M.recalibrated_accuracy(ctx, CAND, ctx.max_train_img_size, ctx.max_val_img_size).loss
     assert losses == pytest.approx([clean] * 3, rel=1e-6)
     big = copy.copy(ctx)
     big.stds = (0.05, 0.1)
@@ -132,7 +169,7 @@ def test_test_batch_size_does_not_change_scores(ctx):
 
 
 def test_angle_properties(ctx):
-    assert M.angle(ctx.model, ctx.model, CAND) == pytest.approx(0.0, abs=1e-6)
+    assert M.angle(ctx.model, ctx.model, CAND, ctx.space) == pytest.approx(0.0, abs=1e-6)
     info = M.score_angle(ctx, CAND)
     assert 0 < info['angle'] <= math.pi and info['angle_normalized'] == info['angle'] / math.pi
     flipped = copy.deepcopy(ctx.model)
@@ -140,11 +177,11 @@ def test_angle_properties(ctx):
         for p in flipped.parameters():
             p.neg_()
     # every weight negated: only the constant pooling / identity entries keep the angle below pi
-    assert M.angle(ctx.model, flipped, CAND) > math.pi / 2
+    assert M.angle(ctx.model, flipped, CAND, ctx.space) > math.pi / 2
 
 
 def test_cell_paths_are_the_30_dag_paths():
-    paths = M.cell_paths()
+    paths = cell_paths()
     assert len(paths) == 30 and len({tuple(p) for p in paths}) == 30
     assert paths[:4] == [[0], [1], [2], [3]] and [0, 4, 8, 13] in paths
 
@@ -189,7 +226,7 @@ def test_angle_vector_layout_by_hand():
               c1.preprocess1.op[1].weight, c1.preprocess1.op[2].weight, c1.preprocess1.op[2].bias,
               net.classifier.weight]
     by_hand = torch.cat([p.detach().reshape(-1).double() for p in parts])
-    assert torch.equal(M.angle_vector(net, cand), by_hand)
+    assert torch.equal(angle_vector(net, cand), by_hand)
 
 
 def test_channels_last_scores_agree(ctx):

@@ -12,8 +12,10 @@ import pytest
 
 from conftest import ROOT, cli_exit_code, run_script, snapshot_dir
 from proxy_study import ground_truth, report, scores, stats
-from proxy_study.cells import sample_cells, uniform_candidate
+from proxy_study.cells import sample_cells
 from proxy_study.records import read_ground_truth, read_scores
+from spaces import get_space
+from spaces.darts import uniform_candidate
 
 GT_FLAGS = {'dataset': 'synthetic', 'num_cells': 3, 'seeds': 2, 'epochs': 1, 'init_channels': 4, 'layers': 3,
             'batch_size': 32, 'train_subset': 192, 'test_subset': 64, 'drop_path_prob': 0, 'cutout_length': 0,
@@ -50,14 +52,14 @@ def test_uniform_sample_is_valid_seeded_and_extends():
     import random
     import genotypes
     assert genotypes.is_valid(uniform_candidate(random.Random(0)))
-    five, eight = sample_cells(5, 3), sample_cells(8, 3)
+    five, eight = sample_cells(5, 3, get_space(None)), sample_cells(8, 3, get_space(None))
     assert eight[:5] == five and len({c.candidate for c in eight}) == 8
 
 
 def test_ground_truth_file(gt_run):
     lines = [json.loads(ln) for ln in (gt_run / 'ground_truth.jsonl').read_text().splitlines()]
     assert [(ln['candidate'], ln['seed']) for ln in lines] == [
-        (list(c.candidate), s) for c in sample_cells(3, 0) for s in (0, 1)]
+        (list(c.candidate), s) for c in sample_cells(3, 0, get_space(None)) for s in (0, 1)]
     for ln in lines:
         assert 0 <= ln['test_acc'] <= 1 and ln['params'] > 0 and ln['macs'] > 0
         assert ln['protocol']['epochs'] == 1 and ln['protocol']['dataset'] == 'synthetic'

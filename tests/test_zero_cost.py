@@ -85,7 +85,7 @@ def ctx():
 
 def test_wlm_l0_measures_the_clean_loss_and_shares_the_noise_of_wlm(ctx):
     info = M.score_wlm_l0(ctx, CAND)
-    _, clean = M.recalibrated_accuracy(ctx, CAND, 64, 96)
+    clean = M.recalibrated_accuracy(ctx, CAND, 64, 96).loss
     losses = M.perturbed_losses(ctx, CAND)
     assert info['loss'] == clean and info['losses'] == losses == M.score_wlm(ctx, CAND)['losses']
     assert info['score'] == M.wlm_l0_from_losses([clean] + losses, ctx.stds)[0]
