@@ -4,7 +4,7 @@ each dataset, offline, on the CPU.
 
     python3 proxy_study/nb201_datafree.py --save runs/nb201-datafree                 # all cells, one process
     torchrun --standalone --nproc_per_node 2 proxy_study/nb201_datafree.py --save runs/nb201-datafree
-    python3 proxy_study/nb201_datafree.py --tiny --save runs/nb201-datafree-tiny     # 40 cells, seconds
+    python3 proxy_study/nb201_datafree.py --tiny --save runs/nb201-datafree-tiny     # 40 cells, about a minute
 
 Each cell's stand-alone network (spaces/nb201_model.py, the benchmark's C = 16, N = 5) is scored with the
 classifier and image size of each dataset: cifar10 10 classes, cifar100 100, imagenet16-120 120 classes
