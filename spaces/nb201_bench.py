@@ -14,6 +14,9 @@ The benchmark's users most often fall into three pitfalls; none can happen here:
   training set and tested on the half of their test set the benchmark calls `x-test` (their `ori-test`
   is valid + test). The split is stated in every record.
 
+Without the benchmark's folder, spaces/nb201_truth.py reads a CSV of accuracies per cell instead (the
+repository ships the 200-epoch validation accuracies of all cells, via NASLib).
+
 `nats_bench` is imported only here, only when a Benchmark is opened. The API keeps every record it
 read in memory (no public way to drop one), about as much as the record file's unpacked size.
 """
