@@ -2,7 +2,6 @@
 that names the first mismatches."""
 import io
 import os
-import pickle
 import re
 from pathlib import Path
 
@@ -35,7 +34,9 @@ def load_checkpoint(path, map_location='cpu', inside='*.pth.tar'):
         raise UserError(f'checkpoint {path} does not exist; check the path')
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+    except OSError as e:
+        raise UserError(f'cannot read checkpoint {path} ({e.strerror}); check its permissions')
+    except Exception as e:      # a text file or a foreign pickle raises anything from KeyError to IndexError
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f'cannot load checkpoint {path} as plain tensors ({first}); '
                         'it is truncated or not a PyTorch checkpoint of this project or the reference')

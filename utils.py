@@ -29,14 +29,21 @@ class UserError(Exception):
     """Bad input the user can fix (flag value, data, checkpoint). The message names the fix."""
 
 
-def run_cli(main, parse_args, argv=None):
-    """Parse, run `main(args)`; a UserError / GenotypeError ends with one line and exit status 2."""
+def run_cli(main, parse_args, argv=None, resume_hint=None):
+    """Parse, run `main(args)`; a UserError / GenotypeError ends with one line and exit status 2, Ctrl-C
+    (SIGINT) with one line saying how to continue and exit status 130. resume_hint(args): that sentence
+    (default: rerun the same command)."""
+    args = None
     try:
         args = parse_args(argv)
         return main(args)
     except (UserError, GenotypeError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        hint = resume_hint(args) if resume_hint is not None and args is not None else 'rerun the same command'
+        print(f'error: interrupted; {hint} to continue (the files written before are intact)', file=sys.stderr)
+        sys.exit(130)
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -285,13 +292,17 @@ LOCK_FILE = '.lock'
 _held_locks = {}        # real path of a run directory -> its open lock file (this process holds the lock)
 
 
-def lock_run_dir(path):
+def lock_run_dir(path, kind=None):
     """Create run directory `path` and take an exclusive OS lock (flock) on its .lock file, held until
     release_run_dirs() or the process ends (a crash or kill -9 releases it too). The file names the holder's
-    PID while held. A second process gets a UserError naming that PID. Re-entrant within one process."""
+    PID while held. A second process gets a UserError naming that PID. Re-entrant within one process.
+    `kind` (a key of RUN_KINDS): the kind of run the caller writes; a directory that holds another kind of run
+    is refused before anything is written (see claim_run_kind)."""
     path = Path(path)
     key = os.path.realpath(path)
     if key in _held_locks:
+        if kind is not None:
+            claim_run_kind(path, kind)
         return
     if path.exists() and not path.is_dir():
         raise UserError(f'--save {path} is an existing file, not a directory; choose another --save directory')
@@ -313,6 +324,57 @@ def lock_run_dir(path):
     f.write(f'{os.getpid()}\n')
     f.flush()
     _held_locks[key] = f
+    if kind is not None:
+        claim_run_kind(path, kind)
+
+
+# --- what wrote a run directory ------------------------------------------------------------------------
+
+RUN_FILE = 'run.json'      # {"kind": ...}: written by the first CLI that claims the directory
+RUN_KINDS = {
+    'supernet': 'a stage-1 supernet run (train_supernet/train.py)',
+    'search': 'a stage-2 evolutionary search (evolutionary_search/search.py)',
+    'scoring': 'a stage-2 scoring of given cells (evolutionary_search/search.py --arch / --candidates)',
+    'retrain': 'a stage-3 retraining run (retrain/retrain.py)',
+    'drawings': 'cell drawings (retrain/visualize.py)',
+    'proxy-scores': 'proxy-study scores (proxy_study/scores.py)',
+    'ground-truth': 'proxy-study ground truth (proxy_study/ground_truth.py)',
+    'proxy-report': 'a proxy-study report (proxy_study/report.py)',
+    'nb201-study': 'a NAS-Bench-201 study (proxy_study/nb201.py)',
+    'nb201-datafree': 'a data-free NAS-Bench-201 study (proxy_study/nb201_datafree.py)',
+    'demo': 'the demo (demo.py)',
+}
+# Run directories written before run.json existed: a file each kind writes, and no other.
+LEGACY_FILES = (('last.pth.tar', 'supernet'), ('checkpoint_epoch_0.pth.tar', 'supernet'),
+                ('search_checkpoint.json', 'search'), ('checkpoint.pth.tar', 'retrain'),
+                ('model_best.pth.tar', 'retrain'), ('protocol.json', 'ground-truth'), ('demo_state.json', 'demo'))
+
+
+def recorded_kind(path):
+    """The kind of run directory `path` holds: its run.json, else what its files show (older runs), else None."""
+    path = Path(path)
+    record = path / RUN_FILE
+    if record.is_file():
+        try:
+            kind = json.loads(record.read_text()).get('kind')
+        except (ValueError, AttributeError, UnicodeDecodeError, OSError):
+            kind = None
+        if kind not in RUN_KINDS:
+            raise UserError(f'{record} is not a run record of this project (no known "kind"); it is not a run '
+                            'directory of these scripts: choose another directory')
+        return kind
+    return next((kind for name, kind in LEGACY_FILES if (path / name).exists()), None)
+
+
+def claim_run_kind(path, kind):
+    """Refuse a directory written by another kind of run (its files would be overwritten); record `kind` in
+    RUN_FILE when the directory has no record yet."""
+    found = recorded_kind(path)
+    if found is not None and found != kind:
+        raise UserError(f'{path} holds {RUN_KINDS[found]}; {RUN_KINDS[kind]} would overwrite its files: choose '
+                        'another directory')
+    if not (Path(path) / RUN_FILE).exists():
+        atomic_write_text(Path(path) / RUN_FILE, json.dumps({'kind': kind}) + '\n')
 
 
 def release_run_dirs():

@@ -1,3 +1,4 @@
+import json
 import random
 
 import numpy as np
@@ -110,3 +111,40 @@ def test_cli_errors_exit_2_with_one_line(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.strip() == 'error: something is wrong; do X'
+
+
+def test_a_run_directory_of_another_kind_is_refused_before_anything_is_written(tmp_path):
+    run = tmp_path / 'run'
+    utils.lock_run_dir(run, 'supernet')
+    utils.release_run_dirs()
+    assert json.loads((run / utils.RUN_FILE).read_text()) == {'kind': 'supernet'}
+    utils.lock_run_dir(run, 'supernet')          # the same kind continues
+    utils.release_run_dirs()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(UserError, match=r'holds a stage-1 supernet run .*; a stage-3 retraining run .* would overwrite'):
+        utils.lock_run_dir(run, 'retrain')
+    utils.release_run_dirs()
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_older_run_directories_are_known_by_their_files(tmp_path):
+    for name, kind in [('search_checkpoint.json', 'search'), ('checkpoint.pth.tar', 'retrain'),
+                       ('last.pth.tar', 'supernet'), ('protocol.json', 'ground-truth')]:
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / name).write_text('x')
+        assert utils.recorded_kind(tmp_path / kind) == kind
+    assert utils.recorded_kind(tmp_path / 'nothing') is None
+    (tmp_path / 'bad').mkdir()
+    (tmp_path / 'bad' / utils.RUN_FILE).write_text('[1, 2]')
+    with pytest.raises(UserError, match='not a run record'):
+        utils.recorded_kind(tmp_path / 'bad')
+
+
+def test_ctrl_c_is_one_line_with_exit_130_and_the_resume_hint(capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    with pytest.raises(SystemExit) as e:
+        utils.run_cli(interrupted, lambda argv: 'ARGS', [], resume_hint=lambda args: f'pass --resume {args}')
+    assert e.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ['error: interrupted; pass --resume ARGS to continue (the files written before are intact)']
