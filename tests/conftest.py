@@ -34,6 +34,43 @@ def fmnist():
     return FMNIST_DIR
 
 
+# --- one tiny supernet per search space, trained once per test process ------------------------------
+
+TINY_SUPERNETS = {
+    'darts': ['--dataset', 'synthetic', '--init_channels', 4, '--layers', 3, '--batch_size', 32, '--train_subset', 128,
+              '--valid_subset', 64, '--valid_bn_images', 32, '--seed', 1, '--epochs', 1, '--device', 'cpu'],
+    'nb201': ['--space', 'nb201', '--dataset', 'synthetic', '--init_channels', 4, '--layers', 1, '--batch_size', 32,
+              '--train_subset', 128, '--valid_subset', 64, '--valid_bn_images', 32, '--seed', 1, '--epochs', 1,
+              '--device', 'cpu'],
+}
+
+
+@pytest.fixture(scope='session')
+def tiny_supernet(tmp_path_factory):
+    """space -> the run directory of a 1-epoch stage-1 run of TINY_SUPERNETS[space] (checkpoint_epoch_0.pth.tar,
+    checkpoint_epoch_1.pth.tar, last.pth.tar, split.json, args.json), built on first use. Shared: read it, copy
+    it before resuming or writing into it."""
+    built = {}
+
+    def get(space='darts'):
+        if space not in built:
+            from train_supernet import train
+            run = tmp_path_factory.mktemp(f'supernet-{space}') / 'run'
+            train.main(train.parse_args([str(a) for a in TINY_SUPERNETS[space] + ['--save', run]]))
+            built[space] = run
+        return built[space]
+    return get
+
+
+def assert_refused(code, err, message, before, after):
+    """The CLI contract for bad input: exit status 2, exactly one `error:` line holding `message`, and every file
+    that was there before byte-identical (`before`, `after`: snapshot_dir of the folders it could write)."""
+    lines = [ln for ln in err.splitlines() if ln.startswith('error:')]
+    assert code == 2, err
+    assert len(lines) == 1 and message in lines[0], err
+    assert after == before
+
+
 def run_script(script, *args, cwd=None, env_extra=None, check=True):
     """Run a stage CLI (path relative to the repo root) in a fresh Python process."""
     env = dict(os.environ, PYTHONHASHSEED='0', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))
