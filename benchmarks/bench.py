@@ -37,9 +37,14 @@ import torchvision.transforms as T  # noqa: E402
 
 import genotypes  # noqa: E402
 from data import BatchLoader, SearchData, synthetic_arrays  # noqa: E402
-from devices import choose_device  # noqa: E402
+from devices import amp_dtype, choose_device, make_scaler  # noqa: E402
 from evolutionary_search import metrics  # noqa: E402
+from retrain.train_loop import Protocol  # noqa: E402
+from spaces import get_space  # noqa: E402
 from spaces.darts_supernet import Network  # noqa: E402
+from train_supernet.heap import DEFAULT_HEADROOM, HeapTrimmer  # noqa: E402
+from train_supernet.supernet_training import supernet_step  # noqa: E402
+from training import StepConfig, train_step  # noqa: E402
 from utils import ArgumentParser, UserError, run_cli  # noqa: E402
 
 SCORE_METRICS = ['wlm', 'angle', 'acc', 'angle+wlm']
@@ -84,14 +89,6 @@ def _use_reference_forward():
 
 def bench_supernet_train(device, s, variant):
     """Images/s of stage-1 SPOS steps (a random path each step), as train_supernet/train.py runs them."""
-    import torch
-    import genotypes
-    from data import BatchLoader, synthetic_arrays
-    from spaces.darts_supernet import Network
-    from train_supernet.supernet_training import supernet_step
-    from train_supernet.heap import DEFAULT_HEADROOM, HeapTrimmer
-    from devices import make_scaler
-    from training import StepConfig
     if variant == 'reference_forward':
         _use_reference_forward()
     torch.manual_seed(0)
@@ -151,17 +148,10 @@ def bench_score(device, s, metric, variant):
 
 def bench_retrain_cifar(device, s, variant):
     """Images/s of stage-3 NetworkCIFAR training, as retrain/retrain.py runs it."""
-    import torch
-    import genotypes
-    from data import BatchLoader, synthetic_arrays
-    from spaces.darts_network import NetworkCIFAR
-    from retrain.train_loop import Protocol
-    from training import train_step
-    from devices import make_scaler
     torch.manual_seed(0)
     fmt = torch.contiguous_format if variant == 'contiguous' else torch.channels_last
-    model = NetworkCIFAR(s['C'], 10, s['layers'], True, genotypes.GENAS_FLATNESS_CIFAR10).to(device)
-    model = model.to(memory_format=fmt).train()
+    model = get_space('darts').network(genotypes.GENAS_FLATNESS_CIFAR10, s['C'], 10, s['layers'], auxiliary=True)
+    model = model.to(device).to(memory_format=fmt).train()
     model.drop_path_prob = 0.2
     opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     data = synthetic_arrays(s['batch'] * s['steps']).to(device)
@@ -188,13 +178,6 @@ def bench_retrain_compile(device, s, variant):
     first compiled training step and evaluation batch (code generation, from an empty compile cache) apart from
     the steady-state images/s of training and evaluation. Eager and compiled rounds alternate, so that load from
     other processes hits both alike."""
-    import torch
-    import genotypes
-    from data import BatchLoader, synthetic_arrays
-    from spaces import get_space
-    from retrain.train_loop import Protocol
-    from training import train_step
-    from devices import amp_dtype, make_scaler
     torch.manual_seed(0)
     fmt = torch.channels_last
     eager = get_space('darts').network(genotypes.GENAS_FLATNESS_CIFAR10, s['C'], 10, s['layers'], auxiliary=True)

@@ -51,8 +51,9 @@ def get_args_parser():
     p = ArgumentParser(description='Stage 3: retrain a genotype (GeNAS). Defaults marked "per dataset" are '
                                    'the reference\'s ImageNet recipe for imagenet (8 GPUs, global batch 1024, '
                                    '250 epochs) and the DARTS CIFAR protocol for 32x32 images.')
-    _add_reference_flags(p.add_argument_group('reference flags'))
-    _add_run_flags(p.add_argument_group('reference flags: the run'))
+    reference = p.add_argument_group('reference flags')
+    _add_reference_flags(reference)
+    _add_run_flags(reference)
     _add_additions(p.add_argument_group('additions'))
     add_noop_flags(p, {'note': str})           # the reference's free-text run note
     return p
@@ -85,8 +86,7 @@ def _add_reference_flags(g):
 def _add_run_flags(g):
     g.add_argument('--seed', type=int, default=0, help='seed')
     g.add_argument('--save', default=None, help='run directory; None means runs/retrain-<dataset>-<time>')
-    g.add_argument('--report_freq', type=int, default=100,
-                   help='log a line every N steps (and at least every 30 s of training)')
+    g.add_argument('--report_freq', type=int, default=100, help='log a line every N steps')
     g.add_argument('--workers', type=int, default=None,
                    help='DataLoader workers per process for ImageNet (per dataset: 8 / 0)')
     g.add_argument('--resume', default=None, help='checkpoint.pth.tar (or its run directory) to continue')

@@ -49,8 +49,7 @@ def _add_training_flags(g):
     g.add_argument('--grad_clip', type=float, default=5.0, help='gradient norm clip (0: off)')
     g.add_argument('--seed', type=int, default=2, help='seed of weights, paths and augmentation')
     g.add_argument('--save', default=None, help='run directory; None means runs/supernet-<dataset>-<time>')
-    g.add_argument('--report_freq', type=int, default=50,
-                   help='log a line every N steps (and at least every 30 s of training)')
+    g.add_argument('--report_freq', type=int, default=50, help='log a line every N steps')
 
 
 def _add_run_flags(g):
