@@ -16,6 +16,14 @@ class Dist:
         self.world_size = int(os.environ.get('WORLD_SIZE', 1))
         self.local_rank = int(os.environ.get('LOCAL_RANK', 0))
 
+    @classmethod
+    def single(cls):
+        """One process whatever the environment says: for a loop that a torchrun rank runs on its own (the proxy
+        study's ground truth trains whole (cell, seed) pairs per rank)."""
+        solo = cls.__new__(cls)
+        solo.rank, solo.world_size, solo.local_rank = 0, 1, 0
+        return solo
+
     @property
     def enabled(self):
         return self.world_size > 1

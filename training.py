@@ -1,15 +1,23 @@
-"""What stages 1 and 3 share to train a network: the backward/clip/step, the divergence checks, --stop_after,
-and starting or continuing a run from a checkpoint (the "already finished" check and the claim of the run
-directory). What differs (the scheduler, RNG streams, the stage's own checks) stays in each stage.
+"""What stages 1 and 3 share to train a network: the train step, the epoch loop, the divergence checks,
+--stop_after, and starting or continuing a run from a checkpoint (the "already finished" check, the claim of the
+run directory, the state every resumable checkpoint holds). What differs (the scheduler, RNG streams, the path
+sampling, the stage's own checks) stays in each stage.
 """
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
 from checkpoints import load_checkpoint, load_state_checked
-from utils import UserError, check_new_run_dir, lock_run_dir, logger
+from devices import amp_dtype
+from seeding import get_rng_state
+from utils import UserError, check_new_run_dir, lock_run_dir, logger, progress, restarts_from_beginning
+
+# A redirected run (log.txt, a batch job) prints a training line at least this often, whatever --report_freq says.
+LOG_EVERY_S = 30.0
 
 
 def stop_requested(args, epoch, start_epoch, resume_path):
@@ -55,6 +63,105 @@ def backward_and_step(loss, optimizer, scaler, parameters, grad_clip):
     scaler.update()
 
 
+@dataclass(frozen=True)
+class StepConfig:
+    """What one SGD step needs besides the model, the batch and the optimizer."""
+    grad_clip: float                   # gradient norm clip; 0: off
+    amp: bool = False                  # autocast (bf16 where supported, else fp16 with the scaler)
+    auxiliary_weight: float = 0.0      # weight of the auxiliary head's loss, for networks that have one
+    set_to_none: bool = True           # zero_grad(set_to_none); False keeps zero gradients in place
+
+
+class StepResult(NamedTuple):
+    logits: torch.Tensor
+    loss: torch.Tensor
+
+
+def train_step(model, x, y, optimizer, scaler, criterion, cfg, forward_args=()):
+    """One step: zero the gradients, forward model(x, *forward_args) (autocast with cfg.amp), cross-entropy plus
+    the weighted auxiliary loss where the model returns (logits, logits_aux), backward, clip, step."""
+    optimizer.zero_grad(set_to_none=cfg.set_to_none)
+    with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=cfg.amp):
+        out = model(x, *forward_args)         # through DDP / torch.compile when wrapped
+        logits, logits_aux = out if isinstance(out, tuple) else (out, None)
+        loss = criterion(logits, y)
+        if logits_aux is not None:            # stage 3's networks in training mode with their auxiliary head
+            loss = loss + cfg.auxiliary_weight * criterion(logits_aux, y)
+    backward_and_step(loss, optimizer, scaler, model.parameters(), cfg.grad_clip)
+    return StepResult(logits, loss)
+
+
+@dataclass(frozen=True)
+class EpochConfig:
+    """Where an epoch stands in its run and how it reports."""
+    epoch: int                         # 0-based
+    epochs: int
+    report_freq: int                   # a log line (and a divergence check) every N steps
+    fix: str                           # what the divergence error tells the user to do
+    log_every_s: float = LOG_EVERY_S   # and a log line at least this often
+
+
+class EpochResult(NamedTuple):
+    """One epoch over all processes."""
+    loss: float          # mean training loss per image
+    acc: float           # top-1 on the (augmented) training batches
+    images: int
+    seconds: float       # of this process, from the first batch to the reduced sums
+
+
+class Hooks(NamedTuple):
+    """What a stage does around each step: forward_args() gives the model's extra forward arguments (stage 1:
+    the path it samples), after_step() runs after the optimizer step (stage 1: heap trimming)."""
+    forward_args: Callable[[], tuple] = tuple
+    after_step: Optional[Callable[[], None]] = None
+
+
+class _Sums:
+    """Loss, top-1 and images of this process; the sums stay on the device between reports."""
+
+    def __init__(self, device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.seen = 0
+
+    def add(self, logits, loss, y):
+        self.loss += loss.detach().double() * len(y)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += len(y)
+
+    def means(self):
+        return self.loss.item() / self.seen, self.correct.item() / self.seen
+
+
+def _report(sums, bar, cfg, step, total, check):
+    """Log the running loss and top-1; with check, refuse a non-finite loss first."""
+    avg, acc = sums.means()
+    if check:
+        require_finite_loss(avg, f'at epoch {cfg.epoch + 1} step {step}', cfg.fix)
+    bar.set_postfix(loss=f'{avg:.3f}', acc=f'{100 * acc:.1f}%')
+    logger.info('train epoch %d step %d/%d loss %.4f acc %.2f%%', cfg.epoch + 1, step, total, avg, 100 * acc)
+
+
+def train_epoch(model, batches, total, optimizer, scaler, criterion, step_cfg, cfg, dist, device, hooks=Hooks()):
+    """One training epoch of model over `batches` (total of them, (x, y) on the device): a log line and a
+    divergence check every cfg.report_freq steps, a log line at least every cfg.log_every_s seconds (without the
+    check: ranks reach it at different steps), then the sums reduced over all processes and checked."""
+    model.train()
+    sums, t0 = _Sums(device), time.time()
+    last_log = time.monotonic()
+    bar = progress(batches, is_main=dist.is_main, total=total, desc=f'epoch {cfg.epoch + 1}/{cfg.epochs}')
+    for step, (x, y) in enumerate(bar, 1):
+        out = train_step(model, x, y, optimizer, scaler, criterion, step_cfg, hooks.forward_args())
+        if hooks.after_step:
+            hooks.after_step()
+        sums.add(out.logits, out.loss, y)
+        on_freq = step % cfg.report_freq == 0
+        if on_freq or time.monotonic() - last_log >= cfg.log_every_s:
+            _report(sums, bar, cfg, step, total, check=on_freq)
+            last_log = time.monotonic()
+    loss, correct, seen = dist.all_reduce_sum([sums.loss.item(), sums.correct.item(), sums.seen], device)
+    require_finite_loss(loss, f'in epoch {cfg.epoch + 1}', cfg.fix)
+    return EpochResult(loss / seen, correct / seen, int(seen), time.time() - t0)
 
 class Resumed(NamedTuple):
     checkpoint: dict     # what --resume holds (the stage reads its scheduler, RNG states, best accuracy)
@@ -82,3 +189,34 @@ def claim_run_dir(dist, save, marker, resuming):
     """Rank 0 locks the run directory and refuses to start a fresh run over an existing one (nothing is
     overwritten); every rank gets its verdict, so none writes before it. Call after the read-only checks."""
     dist.from_main(lambda: (lock_run_dir(save), check_new_run_dir(save, marker, resuming)))
+
+
+def start_run(args, dist, marker, resume, restart=None, fresh=0):
+    """The start both stages share: --resume of a checkpoint `marker` gives resume()'s result (the stage loads
+    it, e.g. through resume_training); --resume of a run that stopped before writing one calls restart() and
+    starts over; else a fresh run. Then the run directory is claimed (fresh: refused over an existing run).
+    Returns resume()'s result, else `fresh`."""
+    result = fresh
+    if args.resume and restarts_from_beginning(args.resume, marker):
+        if restart is not None:
+            restart()
+    elif args.resume:
+        result = resume()
+    claim_run_dir(dist, args.save, marker, resuming=bool(args.resume))
+    return result
+
+
+def note_resumed(run, args, start_epoch, detail=''):
+    """Rank 0 of a resumed run: drop the metric lines written after its checkpoint (a crash in between) and
+    say where it continues."""
+    if run.is_main and args.resume:
+        run.truncate_metrics('epoch', start_epoch)
+        logger.info('resumed from %s after epoch %d%s', args.resume, start_epoch, detail)
+
+
+def resumable_state(epochs_done, model, optimizer, scheduler, scaler, args, **extra):
+    """What a checkpoint holds to continue exactly: weights (of the unwrapped model), optimizer, scheduler,
+    (fp16) scaler, every RNG, the run's args, and the stage's own `extra`."""
+    return {'epoch': epochs_done, 'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict(),
+            'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(), 'rng': get_rng_state(),
+            'args': vars(args), **extra}

@@ -37,9 +37,14 @@ import torchvision.transforms as T  # noqa: E402
 
 import genotypes  # noqa: E402
 from data import BatchLoader, SearchData, synthetic_arrays  # noqa: E402
-from devices import choose_device  # noqa: E402
+from devices import amp_dtype, choose_device, make_scaler  # noqa: E402
 from evolutionary_search import metrics  # noqa: E402
+from retrain.train_loop import Protocol  # noqa: E402
+from spaces import get_space  # noqa: E402
 from spaces.darts_supernet import Network  # noqa: E402
+from train_supernet.heap import DEFAULT_HEADROOM, HeapTrimmer  # noqa: E402
+from train_supernet.supernet_training import supernet_step  # noqa: E402
+from training import StepConfig, train_step  # noqa: E402
 from utils import ArgumentParser, UserError, run_cli  # noqa: E402
 
 SCORE_METRICS = ['wlm', 'angle', 'acc', 'angle+wlm']
@@ -84,13 +89,6 @@ def _use_reference_forward():
 
 def bench_supernet_train(device, s, variant):
     """Images/s of stage-1 SPOS steps (a random path each step), as train_supernet/train.py runs them."""
-    import torch
-    import genotypes
-    from data import BatchLoader, synthetic_arrays
-    from spaces.darts_supernet import Network
-    from train_supernet.train import get_args_parser, train_step
-    from train_supernet.heap import HeapTrimmer
-    from devices import make_scaler
     if variant == 'reference_forward':
         _use_reference_forward()
     torch.manual_seed(0)
@@ -103,12 +101,13 @@ def bench_supernet_train(device, s, variant):
     rng, crit = random.Random(0), torch.nn.CrossEntropyLoss()
     amp = variant == 'amp'
     scaler = make_scaler(device, amp)
-    headroom = {'no_trim': -1.0, 'low_memory': 0.0}.get(variant, get_args_parser().get_default('rss_headroom'))
+    cfg = StepConfig(5.0, amp, set_to_none=False)          # --grad_clip 5, --zero_grad inplace
+    headroom = {'no_trim': -1.0, 'low_memory': 0.0}.get(variant, DEFAULT_HEADROOM)
     trim_heap = HeapTrimmer(device, headroom)
 
     def run():
         for x, y in loader:
-            train_step(model, x, y, genotypes.random_candidate(rng), opt, crit, 5.0, amp=amp, scaler=scaler)
+            supernet_step(model, x, y, genotypes.random_candidate(rng), opt, scaler, crit, cfg)
             trim_heap()
         _sync(device)
     times = _timed(run, s)
@@ -149,28 +148,21 @@ def bench_score(device, s, metric, variant):
 
 def bench_retrain_cifar(device, s, variant):
     """Images/s of stage-3 NetworkCIFAR training, as retrain/retrain.py runs it."""
-    import argparse
-    import torch
-    import genotypes
-    from data import BatchLoader, synthetic_arrays
-    from spaces.darts_network import NetworkCIFAR
-    from retrain.train_loop import train_step
-    from devices import make_scaler
     torch.manual_seed(0)
     fmt = torch.contiguous_format if variant == 'contiguous' else torch.channels_last
-    model = NetworkCIFAR(s['C'], 10, s['layers'], True, genotypes.GENAS_FLATNESS_CIFAR10).to(device)
-    model = model.to(memory_format=fmt).train()
+    model = get_space('darts').network(genotypes.GENAS_FLATNESS_CIFAR10, s['C'], 10, s['layers'], auxiliary=True)
+    model = model.to(device).to(memory_format=fmt).train()
     model.drop_path_prob = 0.2
     opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     data = synthetic_arrays(s['batch'] * s['steps']).to(device)
     loader = BatchLoader(data, torch.arange(len(data)), s['batch'], device, shuffle=True, augment=True, cutout=16,
                          memory_format=fmt)
-    args = argparse.Namespace(amp=variant == 'amp', auxiliary_weight=0.4, grad_clip=5.0)
-    scaler, crit = make_scaler(device, args.amp), torch.nn.CrossEntropyLoss()
+    protocol = Protocol(epochs=1, learning_rate=0.025, auxiliary_weight=0.4, grad_clip=5.0, amp=variant == 'amp')
+    scaler, crit, cfg = make_scaler(device, protocol.amp), torch.nn.CrossEntropyLoss(), protocol.step_config()
 
     def run():
         for x, y in loader:
-            train_step(model, x, y, opt, scaler, crit, args, device)
+            train_step(model, x, y, opt, scaler, crit, cfg)
         _sync(device)
     times = _timed(run, s)
     return {'images_per_s': s['batch'] * s['steps'] / statistics.median(times), 'seconds': times}
@@ -186,56 +178,36 @@ def bench_retrain_compile(device, s, variant):
     first compiled training step and evaluation batch (code generation, from an empty compile cache) apart from
     the steady-state images/s of training and evaluation. Eager and compiled rounds alternate, so that load from
     other processes hits both alike."""
-    import argparse
-    import torch
-    import genotypes
-    from data import BatchLoader, synthetic_arrays
-    from spaces.darts_network import NetworkCIFAR
-    from retrain.train_loop import train_step
-    from devices import amp_dtype, make_scaler
     torch.manual_seed(0)
     fmt = torch.channels_last
-    eager = NetworkCIFAR(s['C'], 10, s['layers'], True, genotypes.GENAS_FLATNESS_CIFAR10).to(device)
-    eager = eager.to(memory_format=fmt)
+    eager = get_space('darts').network(genotypes.GENAS_FLATNESS_CIFAR10, s['C'], 10, s['layers'], auxiliary=True)
+    eager = eager.to(device).to(memory_format=fmt)
     eager.drop_path_prob = 0.2
-    model = copy.deepcopy(eager)
-    nets = {'eager': eager, 'compiled': torch.compile(model)}
+    nets = {'eager': eager, 'compiled': torch.compile(copy.deepcopy(eager))}
     opts = {k: torch.optim.SGD(n.parameters(), 0.025, momentum=0.9, weight_decay=3e-4) for k, n in nets.items()}
     data = synthetic_arrays(s['batch'] * s['steps']).to(device)
     loader = BatchLoader(data, torch.arange(len(data)), s['batch'], device, shuffle=True, augment=True, cutout=16,
                          memory_format=fmt)
-    args = argparse.Namespace(amp=variant == 'amp', auxiliary_weight=0.4, grad_clip=5.0)
-    scaler, crit = make_scaler(device, args.amp), torch.nn.CrossEntropyLoss()
+    protocol = Protocol(epochs=1, learning_rate=0.025, auxiliary_weight=0.4, grad_clip=5.0, amp=variant == 'amp')
+    scaler, crit, cfg = make_scaler(device, protocol.amp), torch.nn.CrossEntropyLoss(), protocol.step_config()
 
     def train_round(k, batches=None):
         nets[k].train()
         for x, y in batches or loader:
-            train_step(nets[k], x, y, opts[k], scaler, crit, args, device)
+            train_step(nets[k], x, y, opts[k], scaler, crit, cfg)
         _sync(device)
 
     @torch.inference_mode()
     def eval_round(k, batches=None):
         nets[k].eval()
         for x, _ in batches or loader:
-            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp):
+            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=protocol.amp):
                 nets[k](x)
         _sync(device)
 
-    first = [next(iter(loader))]
-    compile_s = {}
-    for what, fn in (('train', train_round), ('eval', eval_round)):
-        t0 = time.perf_counter()
-        fn('compiled', first)
-        compile_s[what] = time.perf_counter() - t0
-    times = {f'{k}_{what}': [] for k in nets for what in ('train', 'eval')}
-    warmup, repeats = min(s['warmup'], 1), min(s['repeats'], 3)      # 4 rounds of 4 phases each
-    for i in range(warmup + repeats):
-        for k in nets:
-            for what, fn in (('train', train_round), ('eval', eval_round)):
-                t0 = time.perf_counter()
-                fn(k)
-                if i >= warmup:
-                    times[f'{k}_{what}'].append(time.perf_counter() - t0)
+    phases = {'train': train_round, 'eval': eval_round}
+    compile_s = {what: _timed_once(fn, 'compiled', [next(iter(loader))]) for what, fn in phases.items()}
+    times = _alternating_rounds(phases, list(nets), s)
     images = s['batch'] * s['steps']
     out = {f'{k}_images_per_s': images / statistics.median(v) for k, v in times.items()}
     out.update({f'speedup_{w}': out[f'compiled_{w}_images_per_s'] / out[f'eager_{w}_images_per_s']
@@ -243,6 +215,25 @@ def bench_retrain_compile(device, s, variant):
     out.update(compile_first_train_step_s=compile_s['train'], compile_first_eval_batch_s=compile_s['eval'],
                seconds=times, cpu=_cpu_model())
     return out
+
+
+def _timed_once(fn, *args):
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def _alternating_rounds(phases, keys, s):
+    """{f'{key}_{phase}': [seconds of each timed round]}: every round runs each phase(key) of every key in turn."""
+    times = {f'{k}_{what}': [] for k in keys for what in phases}
+    warmup, repeats = min(s['warmup'], 1), min(s['repeats'], 3)      # 4 rounds of 4 phases each
+    for i in range(warmup + repeats):
+        for k in keys:
+            for what, fn in phases.items():
+                took = _timed_once(fn, k)
+                if i >= warmup:
+                    times[f'{k}_{what}'].append(took)
+    return times
 
 
 def _cpu_model():

@@ -25,18 +25,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
 
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
 
 import data  # noqa: E402
-import genotypes  # noqa: E402
 from proxy_study.cells import add_cell_args, select_cells  # noqa: E402
-from spaces.darts_network import NetworkCIFAR  # noqa: E402
-from retrain.train_loop import evaluate, train_one_epoch  # noqa: E402
+from retrain.train_loop import EpochPlan, Loaders, Nets, Protocol, evaluate, make_training, train_network  # noqa: E402
+from spaces import get_space  # noqa: E402
 from counting import count_macs, count_parameters  # noqa: E402
-from devices import choose_device, make_scaler, memory_format  # noqa: E402
+from devices import choose_device  # noqa: E402
 from distributed import Dist  # noqa: E402
 from seeding import derive_seed, seed_everything  # noqa: E402
-from utils import ArgumentParser, UserError, atomic_write_text, logger, require, run_cli, setup_logging  # noqa: E402
+from utils import (ArgumentParser, UserError, atomic_write_text, changed_flags, logger, require, run_cli,  # noqa: E402
+                   setup_logging)
 
 OUTPUT, PROTOCOL_FILE, PAIRS = 'ground_truth.jsonl', 'protocol.json', 'pairs'
 # The flags that define the training protocol: recorded in every line, fixed for a run directory.
@@ -99,13 +98,6 @@ def pair_name(candidate, seed):
     return f'{"_".join(map(str, candidate))}-s{seed}.json'
 
 
-class LocalDist(Dist):
-    """One process as far as the training loop knows: every rank trains whole pairs on its own."""
-
-    def __init__(self):
-        self.rank, self.world_size, self.local_rank = 0, 1, 0
-
-
 def load_sets(args, device):
     """(train set, train indices, test set, test indices): the subset is fixed by --subset_seed."""
     train = data.load_arrays(args.dataset, args.data, train=True)
@@ -119,30 +111,34 @@ def load_sets(args, device):
     return train, train_idx, test, torch.arange(len(test))[:args.test_subset or None]
 
 
+def diverged_fix():
+    """What to do after a divergence: the finished pairs are kept, so the same command continues."""
+    return 'lower --learning_rate (or drop --amp) and rerun the same command (finished pairs are kept)'
+
+
 def train_pair(cell, seed, args, sets, device):
-    """Train one cell with one seed; its record (everything a function of (cell, seed, protocol))."""
+    """Train one cell with one seed through stage 3's loop; its record (everything a function of (cell, seed,
+    protocol)). Every rank trains whole pairs on its own: the loop sees one process."""
     train, train_idx, test, test_idx = sets
     key = derive_seed('ground_truth', seed, list(cell.candidate))
-    fmt = memory_format(args.channels_last)
+    protocol = Protocol.from_args(args)
+    fmt = protocol.memory_format
     seed_everything(key)
-    model = NetworkCIFAR(args.init_channels, train.num_classes, args.layers, args.auxiliary,
-                         genotypes.decode(cell.candidate)).to(device).to(memory_format=fmt)
+    model = get_space('darts').standalone(cell.candidate, args.init_channels, train.num_classes, args.layers,
+                                          auxiliary=args.auxiliary).to(device).to(memory_format=fmt)
     size = data.IMAGE_SIZES.get(args.dataset, 32)
     params, macs = count_parameters(model), count_macs(model, torch.zeros(1, 3, size, size, device=device))
-    optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs)   # DARTS: cosine to 0
+    # DARTS: cosine to 0 (torch's recursive form, which the recorded ground truth was trained with)
+    state = make_training(model, protocol, device, lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, protocol.epochs))
     loader = data.BatchLoader(train, train_idx, args.batch_size, device, shuffle=True, augment=True,
                               cutout=args.cutout_length, seed=key, memory_format=fmt)
     test_loader = data.BatchLoader(test, test_idx, 64 if device.type == 'cpu' else 512, device, memory_format=fmt)
-    criterion, scaler, solo = nn.CrossEntropyLoss(label_smoothing=args.label_smooth), make_scaler(device, args.amp), \
-        LocalDist()
-    for epoch in range(args.epochs):
-        seed_everything(derive_seed(key, 'epoch', epoch))                 # drop-path masks
-        model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
-        trained = train_one_epoch(model, loader, optimizer, scaler, criterion, device, solo, args, epoch)
-        scheduler.step()
-    result = evaluate(model, test_loader, device, solo, args)
+    solo = Dist.single()
+    plan = EpochPlan(epoch_seed=lambda e: derive_seed(key, 'epoch', e), fix=diverged_fix(), validate=False)
+    loaders = Loaders(loader, test_loader, len(train_idx), len(test_idx), train.num_classes)
+    trained = train_network(state, Nets(model, model), loaders, protocol, plan, solo, device)
+    result = evaluate(model, test_loader, device, solo, protocol.amp, fmt)
     return {'name': cell.name, 'candidate': list(cell.candidate), 'seed': seed, 'test_acc': result['val_top1'],
             'test_loss': result['val_loss'], 'train_acc': trained['train_acc'], 'train_loss': trained['train_loss'],
             'params': params, 'macs': macs, 'protocol': protocol_of(args)}
@@ -157,8 +153,9 @@ def check_protocol(save, args, is_main):
         atomic_write_text(path, json.dumps(protocol_of(args), indent=2))
     while not path.exists():
         time.sleep(0.5)
-    saved = json.loads(path.read_text())
-    changed = [f'--{k} {saved.get(k)} -> {v}' for k, v in protocol_of(args).items() if saved.get(k) != v]
+    current = protocol_of(args)
+    # A flag the record lacks counts as None: refused unless it is None here too.
+    changed = changed_flags(json.loads(path.read_text()), current, fallback=dict.fromkeys(current))
     if changed:
         raise UserError(f'{save} holds ground truth trained with other flags ({"; ".join(changed)}); use the '
                         'same protocol flags to resume or extend it, or another --save')

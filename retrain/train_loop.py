@@ -1,22 +1,60 @@
-"""Data loaders, one training epoch and exact distributed validation for stage 3."""
+"""The one loop that trains and evaluates a stand-alone network under a training protocol (stage 3 and the
+proxy study's ground truth), stage 3's data loaders, and exact distributed validation.
+
+    state = make_training(model, protocol, device, schedule)       # SGD, the schedule, the (fp16) scaler
+    record = train_network(state, Nets(model, model), loaders, protocol, plan, dist, device)
+"""
 import time
-from typing import NamedTuple
+from dataclasses import dataclass, fields
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
 
 from data import BatchLoader, imagenet_folders, load_arrays
 from counting import topk_correct
-from devices import amp_dtype, memory_format
-from training import backward_and_step, require_finite_loss, resume_hint
-from utils import logger, progress
+from devices import amp_dtype, make_scaler, memory_format
+from seeding import seed_everything
+from training import EpochConfig, StepConfig, require_finite_loss, require_finite_weights, resume_hint, train_epoch
+from utils import progress
 
 CHECKPOINT = 'checkpoint.pth.tar'
 
 
-def diverged_fix(args):
-    """What to do after a divergence: a lower rate, resumed from the checkpoint that exists."""
-    return f'lower --learning_rate (or drop --amp) and {resume_hint(args.save, CHECKPOINT)}'
+def diverged_fix(save):
+    """What to do after a divergence of the stage-3 run in `save`: a lower rate, resumed from the checkpoint
+    that exists."""
+    return f'lower --learning_rate (or drop --amp) and {resume_hint(save, CHECKPOINT)}'
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a stand-alone network is trained: the flags of stage 3 and of the ground truth with these names."""
+    epochs: int
+    learning_rate: float
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0              # 0: off
+    auxiliary_weight: float = 0.4       # used where the network has an auxiliary head
+    drop_path_prob: float = 0.0         # reached after the last epoch: epoch e (0-based) trains at p * e / epochs
+    label_smooth: float = 0.0
+    amp: bool = False
+    report_freq: int = 100
+    channels_last: bool = True
+
+    @classmethod
+    def from_args(cls, args):
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    @property
+    def memory_format(self):
+        return memory_format(self.channels_last)
+
+    def drop_path_at(self, epoch):
+        return self.drop_path_prob * epoch / self.epochs
+
+    def step_config(self):
+        return StepConfig(self.grad_clip, self.amp, self.auxiliary_weight, set_to_none=True)
 
 
 class Loaders(NamedTuple):
@@ -75,56 +113,27 @@ def set_epoch(loader, epoch):
         loader.sampler.set_epoch(epoch)
 
 
-def train_step(net, x, y, optimizer, scaler, criterion, args, device):
-    """Forward (with the auxiliary loss), backward, clip, step; returns (logits, loss)."""
-    with torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp):
-        logits, logits_aux = net(x)
-        loss = criterion(logits, y)
-        if logits_aux is not None:
-            loss = loss + args.auxiliary_weight * criterion(logits_aux, y)
-    optimizer.zero_grad(set_to_none=True)
-    backward_and_step(loss, optimizer, scaler, net.parameters(), args.grad_clip)
-    return logits, loss
-
-
-def train_one_epoch(net, loader, optimizer, scaler, criterion, device, dist, args, epoch):
-    """One epoch; returns the loss / top-1 over all processes and the global images per second."""
-    net.train()
+def train_one_epoch(net, loader, optimizer, scaler, criterion, protocol, epoch, fix, dist, device):
+    """One epoch (the shared loop); the loss / top-1 over all processes and the global images per second."""
     set_epoch(loader, epoch)
-    fmt = memory_format(args.channels_last)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    seen, t0 = 0, time.time()
-    bar = progress(_batches(loader, device, fmt), is_main=dist.is_main, total=len(loader),
-                   desc=f'epoch {epoch + 1}/{args.epochs}')
-    for step, (x, y) in enumerate(bar):
-        logits, loss = train_step(net, x, y, optimizer, scaler, criterion, args, device)
-        loss_sum += loss.detach().double() * len(y)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
-        if (step + 1) % args.report_freq == 0:
-            avg = loss_sum.item() / seen
-            require_finite_loss(avg, f'at epoch {epoch + 1} step {step + 1}', diverged_fix(args))
-            logger.info('train epoch %d step %d/%d loss %.4f acc %.2f%%', epoch + 1, step + 1, len(loader), avg,
-                        100 * correct.item() / seen)
-    elapsed = time.time() - t0
-    total_loss, total_correct, total_seen = dist.all_reduce_sum([loss_sum.item(), correct.item(), seen], device)
-    require_finite_loss(total_loss, f'in epoch {epoch + 1}', diverged_fix(args))
-    return {'train_loss': total_loss / total_seen, 'train_acc': total_correct / total_seen,
-            'images_per_s': total_seen / elapsed, 'train_images': int(total_seen)}
+    cfg = EpochConfig(epoch, protocol.epochs, protocol.report_freq, fix)
+    out = train_epoch(net, _batches(loader, device, protocol.memory_format), len(loader), optimizer, scaler,
+                      criterion, protocol.step_config(), cfg, dist, device)
+    return {'train_loss': out.loss, 'train_acc': out.acc, 'images_per_s': out.images / out.seconds,
+            'train_images': out.images}
 
 
 @torch.inference_mode()
-def evaluate(model, loader, device, dist, args):
-    """Exact top-1 / top-5 / mean loss over the whole validation set (sums reduced over processes)."""
+def evaluate(model, loader, device, dist, amp=False, fmt=torch.contiguous_format):
+    """Exact top-1 / top-5 / mean loss over the whole validation set (sums reduced over processes); fmt: the
+    memory format of batches from a DataLoader."""
     model.eval()
-    fmt = memory_format(args.channels_last)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)    # sums stay on the device
     c1 = torch.zeros((), dtype=torch.long, device=device)
     c5 = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     for x, y in progress(_batches(loader, device, fmt), is_main=dist.is_main, total=len(loader), desc='val'):
-        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=args.amp):
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
             logits, _ = model(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction='sum').double()
         top1, top5 = topk_correct(logits, y, (1, 5))
@@ -134,3 +143,70 @@ def evaluate(model, loader, device, dist, args):
     loss_sum, c1, c5, seen = dist.all_reduce_sum([loss_sum.item(), c1.item(), c5.item(), seen], device)
     return {'val_loss': loss_sum / max(seen, 1), 'val_top1': c1 / max(seen, 1), 'val_top5': c5 / max(seen, 1),
             'val_images': int(seen)}
+
+
+class TrainState(NamedTuple):
+    """What the epochs advance (and a checkpoint saves): the unwrapped network, its optimizer, schedule, scaler."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+
+
+def make_training(model, protocol, device, schedule):
+    """SGD with the protocol's rate, momentum and weight decay; schedule(optimizer) gives the LR scheduler."""
+    optimizer = torch.optim.SGD(model.parameters(), protocol.learning_rate, momentum=protocol.momentum,
+                                weight_decay=protocol.weight_decay)
+    return TrainState(model, optimizer, schedule(optimizer), make_scaler(device, protocol.amp))
+
+
+class Nets(NamedTuple):
+    """The callables that run the model: for training (DDP-wrapped under torchrun) and for evaluation (each
+    compiled with --compile); the model itself in one plain process."""
+    train: nn.Module
+    val: nn.Module
+
+
+class EpochPlan(NamedTuple):
+    """The run around the epochs: where it starts, how each epoch is seeded, what happens after each."""
+    epoch_seed: Callable[[int], int]      # seeds every RNG before epoch e (drop-path masks, worker seeds)
+    fix: str                              # what a divergence error tells the user to do
+    start_epoch: int = 0
+    validate: bool = True                 # validate (and check the weights) after every epoch
+    after_epoch: Callable[[dict], bool] = lambda record: False      # the stage's bookkeeping; True: stop
+
+
+def _validate(state, nets, loaders, protocol, epoch, fix, dist, device):
+    dist.broadcast_buffers(state.model)              # evaluate (and save) exactly rank 0's model
+    val = evaluate(nets.val, loaders.val, device, dist, protocol.amp, protocol.memory_format)
+    require_finite_loss(val['val_loss'], f'in epoch {epoch + 1}', fix, 'validation loss')
+    require_finite_weights(state.model, f'in epoch {epoch + 1}', fix)     # before anything is saved
+    return val
+
+
+def run_epoch(state, nets, loaders, criterion, protocol, epoch, plan, dist, device):
+    """One epoch: train through nets.train at the epoch's drop-path probability, step the schedule, and with
+    plan.validate validate rank 0's model through nets.val, refusing anything non-finite. Returns its record."""
+    seed_everything(plan.epoch_seed(epoch))
+    state.model.drop_path_prob = protocol.drop_path_at(epoch)
+    lr = state.optimizer.param_groups[0]['lr']
+    t0 = time.time()
+    train = train_one_epoch(nets.train, loaders.train, state.optimizer, state.scaler, criterion, protocol, epoch,
+                            plan.fix, dist, device)
+    state.scheduler.step()
+    record = {'epoch': epoch + 1, 'lr': lr, 'drop_path_prob': state.model.drop_path_prob, **train}
+    if plan.validate:
+        record.update(_validate(state, nets, loaders, protocol, epoch, plan.fix, dist, device))
+    record['epoch_time'] = time.time() - t0
+    return record
+
+
+def train_network(state, nets, loaders, protocol, plan, dist, device):
+    """Epochs plan.start_epoch .. protocol.epochs (until plan.after_epoch asks to stop); the last record."""
+    criterion = nn.CrossEntropyLoss(label_smoothing=protocol.label_smooth)
+    record = {}
+    for epoch in range(plan.start_epoch, protocol.epochs):
+        record = run_epoch(state, nets, loaders, criterion, protocol, epoch, plan, dist, device)
+        if plan.after_epoch(record):
+            break
+    return record

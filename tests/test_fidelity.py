@@ -15,7 +15,7 @@ import imagenet_reference as R
 from conftest import cli_exit_code
 from evolutionary_search import metrics as M
 from evolutionary_search import search
-from retrain import retrain
+from retrain import retrain, retraining
 from train_supernet import train
 from utils import read_metrics
 
@@ -233,7 +233,7 @@ def test_reference_retrain_checkpoint_resumes_at_the_next_epoch(tmp_path):
         retrain.main(retrain.parse_args([str(a) for a in RETRAIN + ['--epochs', 3, '--resume', path,
                                                                        '--save', tmp_path / name]]))
         recs = read_metrics(tmp_path / name / 'metrics.jsonl')
-        factor = retrain.lr_factor(retrain.parse_args([str(a) for a in RETRAIN + ['--epochs', 3]]))
+        factor = retraining.lr_factor(retrain.parse_args([str(a) for a in RETRAIN + ['--epochs', 3]]))
         assert [r['epoch'] for r in recs] == [2, 3], name
         assert recs[0]['lr'] == pytest.approx(0.05 * factor(1)) and recs[1]['lr'] == pytest.approx(0.05 * factor(2))
 

@@ -12,10 +12,11 @@ import torch
 import genotypes as G
 from conftest import (ROOT, cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, slow_params,
                       snapshot_dir)
-from retrain import retrain
+from retrain import retrain, retraining
 from spaces.darts_network import NetworkCIFAR, NetworkImageNet, drop_path
-from retrain.visualize import cell_dot, plot_genotype
+from retrain.drawing import cell_dot, plot_genotype
 from counting import count_macs, count_parameters
+from training import StepConfig, train_step
 from utils import read_metrics
 
 TINY = ['--dataset', 'synthetic', '--arch', 'DARTS_V2', '--init_channels', 8, '--layers', 3, '--batch_size', 32,
@@ -83,11 +84,11 @@ def test_drop_path():
 
 
 def test_lr_schedules_by_hand():
-    lin = retrain.lr_factor(argparse.Namespace(epochs=10, warmup_epochs=5, lr_scheduler='linear'))
+    lin = retraining.lr_factor(argparse.Namespace(epochs=10, warmup_epochs=5, lr_scheduler='linear'))
     # (E - 5 - e) / (E - 5) while E - e > 5, else (E - e) / ((E - 5) * 5); warm-up x (e + 1) / 5
     assert [round(lin(e), 6) for e in range(10)] == [1.0 * 1 / 5, 0.8 * 2 / 5, 0.6 * 3 / 5, 0.4 * 4 / 5, 0.2,
                                                      0.2, 0.16, 0.12, 0.08, 0.04]
-    cos = retrain.lr_factor(argparse.Namespace(epochs=10, warmup_epochs=0, lr_scheduler='cosine'))
+    cos = retraining.lr_factor(argparse.Namespace(epochs=10, warmup_epochs=0, lr_scheduler='cosine'))
     assert cos(0) == 1.0 and cos(5) == pytest.approx(0.5) and cos(10) == pytest.approx(0.0)
 
 
@@ -224,18 +225,16 @@ def test_fashion_mnist_retrain_of_the_searched_cell(readme_runs):
 
 def test_channels_last_gives_the_same_first_step_loss():
     import copy
-    from retrain.train_loop import train_step
     torch.manual_seed(0)
     base = NetworkCIFAR(8, 10, 3, True, G.GENAS_FLATNESS_CIFAR10)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    args = argparse.Namespace(amp=False, auxiliary_weight=0.4, grad_clip=5.0)
+    cfg = StepConfig(grad_clip=5.0, amp=False, auxiliary_weight=0.4)
     losses = []
     for fmt in (torch.contiguous_format, torch.channels_last):
         net = copy.deepcopy(base).to(memory_format=fmt)
         opt = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9)
         scaler = torch.amp.GradScaler('cpu', enabled=False)
-        _, loss = train_step(net, x.contiguous(memory_format=fmt), y, opt, scaler, torch.nn.CrossEntropyLoss(), args,
-                             torch.device('cpu'))
+        _, loss = train_step(net, x.contiguous(memory_format=fmt), y, opt, scaler, torch.nn.CrossEntropyLoss(), cfg)
         losses.append(loss.item())
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
 
@@ -305,13 +304,12 @@ def test_inductor_compiled_steps_give_the_eager_losses():
     """A few training steps (auxiliary head on, drop path off) and an evaluation with torch.compile's default
     backend give the eager losses within float tolerance. Minutes on a 2-core CPU (code generation)."""
     import copy
-    from retrain.train_loop import train_step
     torch._dynamo.reset()
     torch.manual_seed(0)
     base = NetworkCIFAR(4, 10, 3, True, G.GENAS_FLATNESS_CIFAR10).to(memory_format=torch.channels_last)
     batches = [(torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last),
                 torch.randint(0, 10, (8,))) for _ in range(4)]
-    args = argparse.Namespace(amp=False, auxiliary_weight=0.4, grad_clip=5.0)
+    cfg = StepConfig(grad_clip=5.0, amp=False, auxiliary_weight=0.4)
     curves, outputs = [], []
     for compiled in (False, True):
         net = copy.deepcopy(base)
@@ -319,8 +317,8 @@ def test_inductor_compiled_steps_give_the_eager_losses():
         opt = torch.optim.SGD(net.parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
         scaler = torch.amp.GradScaler('cpu', enabled=False)
         run.train()
-        curves.append([train_step(run, x, y, opt, scaler, torch.nn.CrossEntropyLoss(), args,
-                                  torch.device('cpu'))[1].item() for x, y in batches])
+        curves.append([train_step(run, x, y, opt, scaler, torch.nn.CrossEntropyLoss(), cfg)[1].item()
+                       for x, y in batches])
         run.eval()
         with torch.no_grad():
             outputs.append(run(batches[0][0])[0])
@@ -348,3 +346,77 @@ def test_torchrun_compiled_run_saves_plain_keys_that_evaluate_alike(tmp_path):
     assert result['val_images'] == rec['val_images'] == 128
     assert result['val_loss'] == pytest.approx(rec['val_loss'], rel=1e-4)
     assert abs(result['val_top1'] - rec['val_top1']) <= 1 / 128          # at most one image on a near tie
+
+
+def _hand_epoch(model, batches, lr, loss_of, forward_args=lambda: ()):
+    """Mean loss and top-1 of one epoch of plain SGD steps (clip 5) written out here, without the shared loop."""
+    opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9)
+    loss_sum, correct, seen = 0.0, 0, 0
+    model.train()
+    for x, y in batches:
+        opt.zero_grad()
+        out = model(x, *forward_args())
+        logits = out[0] if isinstance(out, tuple) else out
+        loss = loss_of(out, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    return loss_sum / seen, correct / seen
+
+
+def test_both_stages_train_their_epochs_through_the_one_shared_loop(monkeypatch):
+    """Stage 1's and stage 3's epoch functions both run training.train_epoch, and what it returns is the mean
+    loss and top-1 of the steps, accumulated here by hand on copies of the models."""
+    import copy
+    import random
+    import training
+    from data import BatchLoader, synthetic_arrays
+    from distributed import Dist
+    from retrain import train_loop
+    from spaces import get_space
+    from spaces.darts_supernet import Network
+    from train_supernet import supernet_training
+    assert supernet_training.train_epoch is training.train_epoch is train_loop.train_epoch
+    calls = []
+    spy = lambda *a, **k: calls.append(training.train_epoch(*a, **k)) or calls[-1]      # noqa: E731
+    monkeypatch.setattr(supernet_training, 'train_epoch', spy)
+    monkeypatch.setattr(train_loop, 'train_epoch', spy)
+    cpu, ce, space = torch.device('cpu'), torch.nn.functional.cross_entropy, get_space('darts')
+    arrays = synthetic_arrays(96)
+    loader = BatchLoader(arrays, torch.arange(96), 32, cpu, shuffle=True, seed=4)     # the same batches each time
+    scaler = torch.amp.GradScaler('cpu', enabled=False)
+
+    torch.manual_seed(0)
+    supernet = Network(4, 10, 3)
+    hand_net, rng = copy.deepcopy(supernet), random.Random(5)
+    expected = _hand_epoch(hand_net, list(loader), 0.05, lambda out, y: ce(out, y),
+                           lambda: space.forward_args(space.random_candidate(rng)))
+    opt = torch.optim.SGD(supernet.parameters(), 0.05, momentum=0.9)
+    out = supernet_training.train_supernet_epoch(
+        supernet, loader, opt, scaler, torch.nn.CrossEntropyLoss(), random.Random(5), space,
+        training.StepConfig(5.0), training.EpochConfig(0, 1, 2, 'fix'), Dist.single(), cpu)
+    assert (out.loss, out.acc, out.images) == (pytest.approx(expected[0], rel=1e-6), expected[1], 96)
+
+    torch.manual_seed(0)
+    network = NetworkCIFAR(8, 10, 3, True, G.DARTS_V2)
+    network.drop_path_prob = 0.0
+    expected = _hand_epoch(copy.deepcopy(network), list(loader), 0.05,
+                           lambda out, y: ce(out[0], y) + 0.4 * ce(out[1], y))
+    protocol = train_loop.Protocol(epochs=1, learning_rate=0.05, momentum=0.9, auxiliary_weight=0.4,
+                                   report_freq=2, channels_last=False)
+    opt = torch.optim.SGD(network.parameters(), 0.05, momentum=0.9)
+    rec = train_loop.train_one_epoch(network, loader, opt, scaler, torch.nn.CrossEntropyLoss(), protocol, 0, 'fix',
+                                     Dist.single(), cpu)
+    assert (rec['train_loss'], rec['train_acc'], rec['train_images']) == (
+        pytest.approx(expected[0], rel=1e-6), expected[1], 96)
+    assert len(calls) == 2
+
+
+def test_drop_path_probability_grows_from_zero_one_epoch_at_a_time(tmp_path, capsys):
+    """Epoch e (0-based) of E trains at drop_path_prob * e / E: 0 in the first epoch, never the next epoch's."""
+    assert _cli([*TINY, '--epochs', 3, '--drop_path_prob', 0.3, '--save', tmp_path / 'run']) == 0
+    recs = read_metrics(tmp_path / 'run' / 'metrics.jsonl')
+    assert [r['drop_path_prob'] for r in recs] == [pytest.approx(0.3 * e / 3) for e in range(3)]

@@ -5,6 +5,9 @@ sizes; a fixed stage-3 network reuses the same blocks and does not grow.
 """
 import os
 
+# --rss_headroom's default: trim when the RSS exceeds 1.2x that after the first step.
+DEFAULT_HEADROOM = 0.2
+
 
 def resident_bytes():
     """This process's resident set size in bytes (Linux), or None."""
