@@ -59,16 +59,43 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+# Where a run is and what it does to the files there: never taken from --config (a new run writes elsewhere).
+NOT_FROM_CONFIG = ('config', 'save', 'out', 'resume', 'evaluate', 'refresh', 'restart', 'stop_after')
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit status 2) and defaults shown in --help."""
+    """argparse with one-line errors (exit status 2), defaults shown in --help, and --config: the resolved
+    arguments of an earlier run (its args.json) as defaults, which flags on the command line override."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault('formatter_class', DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+        self.add_argument('--config', default=None, metavar='RUN/args.json',
+                          help='start from the arguments an earlier run resolved (the args.json of its run directory); '
+                               'flags given here override them; where it runs (--save, --resume, ...) is not taken')
 
     def error(self, message):
         print(f'error: {message} (see {self.prog} --help)', file=sys.stderr)
         sys.exit(2)
+
+    def parse_known_args(self, args=None, namespace=None):
+        first, _ = super().parse_known_args(args, namespace)
+        if first.config is not None:
+            known = {a.dest for a in self._actions}
+            config = self._read_config(first.config)
+            self.set_defaults(**{k: v for k, v in config.items() if k in known and k not in NOT_FROM_CONFIG})
+        return super().parse_known_args(args, namespace)
+
+    def _read_config(self, path):
+        try:
+            config = json.loads(Path(path).read_text())
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            self.error(f'--config {path} cannot be read as JSON ({getattr(e, "strerror", None) or e}); pass the '
+                       'args.json of a run directory')
+        if not isinstance(config, dict):
+            self.error(f'--config {path} holds a {type(config).__name__}, not the arguments of a run (a JSON '
+                       'object); pass the args.json of a run directory')
+        return config
 
 
 def add_noop_flags(parser, flags):
@@ -142,6 +169,8 @@ def changed_flags(saved, current, fallback=None):
 
 def parse_stds(text):
     """'0.001,0.003,0.006' -> [0.001, 0.003, 0.006]; positive and strictly increasing, or UserError."""
+    if isinstance(text, (list, tuple)):          # already parsed (an args.json read through --config)
+        text = ','.join(map(str, text))
     try:
         stds = [float(s) for s in str(text).replace(' ', '').split(',') if s != '']
     except ValueError:
@@ -206,6 +235,8 @@ class Run:
         self.path = Path(path)
         self.is_main = is_main
         self._tb = None
+        self._args = vars(args)
+        self._last = {}                            # the last metrics record: the run's result in its hparams
         if is_main:
             lock_run_dir(self.path)                # a no-op where the stage took the lock already
             atomic_write_text(self.path / 'args.json', json.dumps(vars(args), indent=2, default=str))
@@ -223,6 +254,7 @@ class Run:
         if not self.is_main:
             return
         append_line(self.metrics_file, json.dumps(record))
+        self._last = record
         if self._tb is not None and step is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != 'epoch':
@@ -241,9 +273,25 @@ class Run:
         return self._tb
 
     def close(self):
+        """Write the run's hparams (its resolved flags and the numbers of its last metrics record, so that runs
+        compare side by side in TensorBoard's HPARAMS tab) and close the writer."""
         if self._tb is not None:
+            if self._last:
+                self._tb.add_hparams(hparam_values(self._args), {f'final/{k}': v for k, v in self._last.items()
+                                                                 if _is_number(v)}, run_name='hparams')
             self._tb.close()
             self._tb = None
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def hparam_values(args):
+    """Flags as TensorBoard hparams accepts them: numbers, strings and booleans as they are, None as 'None',
+    anything else (lists) as its JSON text."""
+    return {k: v if isinstance(v, (bool, str)) or _is_number(v) else json.dumps(v, default=str)
+            for k, v in args.items()}
 
 
 def read_metrics(path):

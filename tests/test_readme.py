@@ -62,3 +62,19 @@ def test_bench_block_prints_one_json_object(readme_runs):
     for metric in ('wlm', 'angle', 'acc', 'angle+wlm'):
         res = out['results'][f'score_{metric}']
         assert res['seconds_per_candidate'] == statistics.median(res['seconds']) > 0
+
+
+def test_demo_sh_checks_every_requirement_of_the_tests_and_the_demo(tmp_path):
+    """demo.sh --check-only reads both requirements files: here everything is installed, and a requirement added
+    to requirements-dev.txt (as pytest-xdist once was) that is not installed is named."""
+    import shutil
+    import subprocess
+    from conftest import ROOT
+    ok = subprocess.run(['bash', str(ROOT / 'demo.sh'), '--check-only'], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip() == '', ok.stdout + ok.stderr
+    for name in ('demo.sh', 'requirements.txt', 'requirements-dev.txt'):
+        shutil.copy(ROOT / name, tmp_path / name)
+    with open(tmp_path / 'requirements-dev.txt', 'a') as f:
+        f.write('surely-not-an-installed-distribution>=1.0  # a test\n')
+    bad = subprocess.run(['bash', str(tmp_path / 'demo.sh'), '--check-only'], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stdout.split() == ['surely-not-an-installed-distribution']

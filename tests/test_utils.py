@@ -148,3 +148,52 @@ def test_ctrl_c_is_one_line_with_exit_130_and_the_resume_hint(capsys):
     assert e.value.code == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ['error: interrupted; pass --resume ARGS to continue (the files written before are intact)']
+
+
+def test_config_starts_from_a_runs_arguments_and_flags_override(tmp_path, capsys):
+    def parser():
+        p = utils.ArgumentParser(prog='x')
+        p.add_argument('--lr', type=float, default=0.1)
+        p.add_argument('--stds', default='0.001,0.003')
+        p.add_argument('--flag', action='store_true')
+        p.add_argument('--save', default=None)
+        return p
+    old = {'lr': 0.5, 'stds': [0.002, 0.004], 'flag': True, 'save': 'runs/old', 'resolved_extra': 3}
+    (tmp_path / 'args.json').write_text(json.dumps(old))
+    args = parser().parse_args(['--config', str(tmp_path / 'args.json')])
+    assert (args.lr, args.flag, args.save) == (0.5, True, None)           # where it ran is not taken
+    assert utils.parse_stds(args.stds) == [0.002, 0.004] and not hasattr(args, 'resolved_extra')
+    assert parser().parse_args(['--config', str(tmp_path / 'args.json'), '--lr', '0.2']).lr == 0.2
+    (tmp_path / 'list.json').write_text('[1]')
+    with pytest.raises(SystemExit) as e:
+        parser().parse_args(['--config', str(tmp_path / 'list.json')])
+    assert e.value.code == 2 and 'holds a list' in capsys.readouterr().err
+
+
+def test_stage_1_config_reproduces_a_runs_resolved_arguments(tmp_path):
+    from train_supernet import train
+    first = train.parse_args(['--dataset', 'synthetic', '--init_channels', '6', '--epochs', '3', '--seed', '9',
+                              '--save', str(tmp_path / 'a')])
+    (tmp_path / 'args.json').write_text(json.dumps(vars(first), default=str))
+    again = train.parse_args(['--config', str(tmp_path / 'args.json'), '--save', str(tmp_path / 'b'),
+                              '--epochs', '4'])
+    differ = {k for k in vars(first) if vars(first)[k] != vars(again).get(k)}
+    assert differ == {'save', 'epochs', 'config'}, differ
+
+
+def test_a_run_writes_its_flags_and_final_metrics_as_tensorboard_hparams(tmp_path):
+    import argparse
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    run = utils.Run(tmp_path / 'run', argparse.Namespace(lr=0.5, arch=['A', 'B'], space=None, amp=False))
+    run.log_metrics({'epoch': 1, 'valid_acc': 0.25}, step=1)
+    run.log_metrics({'epoch': 2, 'valid_acc': 0.75, 'note': 'x'}, step=2)
+    run.close()
+    utils.release_run_dirs()
+    acc = event_accumulator.EventAccumulator(str(tmp_path / 'run' / 'tb' / 'hparams'))
+    acc.Reload()
+    content = acc.PluginTagToContent('hparams')['_hparams_/session_start_info']
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert info.hparams['lr'].number_value == 0.5 and info.hparams['arch'].string_value == '["A", "B"]'
+    assert info.hparams['space'].string_value == 'null' and info.hparams['amp'].bool_value is False
+    assert acc.Scalars('final/valid_acc')[0].value == 0.75 and acc.Scalars('final/epoch')[0].value == 2
