@@ -18,8 +18,9 @@ from evolutionary_search.context import build_context as build_scoring
 from evolutionary_search.context import check_scoring_args
 from evolutionary_search.metrics import DETERMINISTIC, METRICS, ScoringContext
 from genotypes import GenotypeError
+from inputs import json_document
 from proxy_study.records import read_jsonl
-from utils import UserError, atomic_write_text, changed_flags, logger, require, setup_logging
+from utils import UserError, atomic_write_text, changed_flags, logger, require, setup_logging, write_guard
 
 OUTPUT, SETTINGS = 'scores.jsonl', 'settings.json'
 # Flags that change scores: fixed for a run directory.
@@ -110,7 +111,8 @@ def done_scores(save, args):
     path = save / SETTINGS
     if path.exists():
         current = {**settings, **{k: getattr(args, k) for k in LATER_FLAGS}}
-        changed = changed_flags(json.loads(path.read_text()), current,
+        saved = json_document('--save', path, {}, 'the settings.json of a scores run')
+        changed = changed_flags(saved, current,
                                 fallback={**{k: None for k in SCORE_FLAGS}, **LATER_FLAGS})
         if changed:
             raise UserError(f'{save} holds scores made with other flags ({"; ".join(changed)}); use the same '
@@ -134,7 +136,7 @@ def score_cells(ctx, cells, names, args, save):
     seeds = list(range(args.seed, args.seed + args.scoring_seeds))
     logger.info('scoring %d cells by %d metrics with seeds %s on %s', len(cells), len(args.metrics), seeds,
                 ctx.device)
-    with open(save / OUTPUT, 'a') as out:
+    with write_guard(save / OUTPUT), open(save / OUTPUT, 'a') as out:      # a full disk: one error line
         for n, cand in enumerate(cells, 1):
             t0 = time.time()
             ctx.cache.clear()            # the parts shared by the metrics (acc, wlm, angle) of this cell
