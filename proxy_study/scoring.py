@@ -20,7 +20,7 @@ from evolutionary_search.metrics import DETERMINISTIC, METRICS, ScoringContext
 from genotypes import GenotypeError
 from inputs import json_document
 from proxy_study.records import read_jsonl
-from utils import UserError, atomic_write_text, changed_flags, logger, require, setup_logging, write_guard
+from utils import UserError, append_line, atomic_write_text, changed_flags, logger, require, setup_logging
 
 OUTPUT, SETTINGS = 'scores.jsonl', 'settings.json'
 # Flags that change scores: fixed for a run directory.
@@ -136,16 +136,16 @@ def score_cells(ctx, cells, names, args, save):
     seeds = list(range(args.seed, args.seed + args.scoring_seeds))
     logger.info('scoring %d cells by %d metrics with seeds %s on %s', len(cells), len(args.metrics), seeds,
                 ctx.device)
-    with write_guard(save / OUTPUT), open(save / OUTPUT, 'a') as out:      # a full disk: one error line
-        for n, cand in enumerate(cells, 1):
-            t0 = time.time()
-            ctx.cache.clear()            # the parts shared by the metrics (acc, wlm, angle) of this cell
-            for metric in args.metrics:
-                for seed in seeds[:1] if metric in DETERMINISTIC else seeds:
-                    if (cand, metric, seed) in done:
-                        continue
-                    info = METRICS[metric](dataclasses.replace(ctx, seed=seed), list(cand))
-                    out.write(json.dumps({'candidate': list(cand), 'metric': metric, 'seed': seed, **info}) + '\n')
-                    out.flush()
-            logger.info('[%d/%d] %s scored (%.1fs)', n, len(cells), names.get(cand, list(cand)), time.time() - t0)
+    for n, cand in enumerate(cells, 1):
+        t0 = time.time()
+        ctx.cache.clear()            # the parts shared by the metrics (acc, wlm, angle) of this cell
+        for metric in args.metrics:
+            for seed in seeds[:1] if metric in DETERMINISTIC else seeds:
+                if (cand, metric, seed) in done:
+                    continue
+                info = METRICS[metric](dataclasses.replace(ctx, seed=seed), list(cand))
+                # a full disk: one error line, and no half line left behind
+                append_line(save / OUTPUT, json.dumps({'candidate': list(cand), 'metric': metric, 'seed': seed,
+                                                       **info}))
+        logger.info('[%d/%d] %s scored (%.1fs)', n, len(cells), names.get(cand, list(cand)), time.time() - t0)
     return save / OUTPUT
