@@ -12,6 +12,7 @@ The report goes to the console and to <out>/report.md.
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,8 +27,9 @@ import torch  # noqa: E402
 import genotypes  # noqa: E402
 from counting import count_macs, count_parameters  # noqa: E402
 from data import load_arrays  # noqa: E402
+from inputs import json_document  # noqa: E402
 from spaces import get_space  # noqa: E402
-from utils import ArgumentParser, UserError, read_metrics, run_cli  # noqa: E402
+from utils import ArgumentParser, UserError, atomic_write_text, lock_run_dir, locks_released, read_metrics, run_cli  # noqa: E402,E501
 
 SCALES = {
     'full': {
@@ -114,17 +116,35 @@ def run_stage(stage):
     """Run one stage in its own process (its progress and log lines go to the console); UserError when it fails."""
     argv = stage.argv()
     print(f'== {stage.name}: python3 {" ".join(argv)}', flush=True)
-    proc = subprocess.run([sys.executable, str(ROOT / argv[0]), *argv[1:]], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, str(ROOT / argv[0]), *argv[1:]], cwd=ROOT)
+    try:
+        proc.wait()
+    except KeyboardInterrupt:       # Ctrl-C reaches the stage too: let it end on its own (files intact)
+        proc.wait()
+        raise
+    if proc.returncode in (130, -signal.SIGINT):     # the stage alone was interrupted: so is the demo
+        raise KeyboardInterrupt
     if proc.returncode != 0:
         raise UserError(f'demo stage {stage.name} failed (exit {proc.returncode}; its log: '
                         f'{stage.run_dir / "log.txt"}); fix the error above and rerun `bash demo.sh` to continue '
                         'where it stopped')
 
 
+def read_state(path):
+    """demo_state.json: {stage: [seconds, 'ran' | 'skipped']}, empty before the first stage finished."""
+    if not path.exists():
+        return {}
+    state = json_document('--out', path, {}, 'the demo_state.json of a demo')
+    if not all(isinstance(v, list) and len(v) == 2 and isinstance(v[0], (int, float)) for v in state.values()):
+        raise UserError(f'--out {path} is not the demo_state.json of a demo (an entry is not [seconds, how]); delete '
+                        'it (the stages done are kept) and rerun')
+    return state
+
+
 def run_stages(out, scale):
     """Run what is not done yet; returns {stage: [seconds, 'ran' | 'skipped']}, kept in demo_state.json."""
     state_path = out / 'demo_state.json'
-    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    state = read_state(state_path)
     for stage in stages(out, scale):
         if stage.done():
             print(f'== {stage.name}: done already ({stage.marker}); skipped', flush=True)
@@ -133,8 +153,8 @@ def run_stages(out, scale):
         t0 = time.time()
         run_stage(stage)
         state[stage.name] = [time.time() - t0, 'ran']
-        state_path.write_text(json.dumps(state, indent=2))
-    state_path.write_text(json.dumps(state, indent=2))
+        atomic_write_text(state_path, json.dumps(state, indent=2))
+    atomic_write_text(state_path, json.dumps(state, indent=2))
     return state
 
 
@@ -226,12 +246,16 @@ def parse_args(argv=None):
     return args
 
 
+@locks_released
 def main(args):
     scale = 'tiny' if args.tiny else 'full'
     out = Path(args.out).resolve()
-    if args.force and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(out, 'demo')              # refuses a directory another kind of run wrote, before --force
+    if args.force:
+        for entry in out.iterdir():
+            if entry.name != '.lock':
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        lock_run_dir(out, 'demo')
     t0 = time.time()
     state = run_stages(out, scale)
     text = report(out, scale, state, time.time() - t0)
@@ -240,4 +264,5 @@ def main(args):
 
 
 if __name__ == '__main__':
-    run_cli(main, parse_args)
+    run_cli(main, parse_args, resume_hint=lambda args: 'rerun `python3 demo.py` with the same flags (finished stages '
+            'are skipped, an interrupted one resumes)')

@@ -15,6 +15,7 @@ A `Genotype` lists, per node, its two ops as (op_name, input_index) with input 0
 This module is a leaf: it imports nothing from the project.
 """
 import json
+import operator
 import os
 from collections import namedtuple
 
@@ -52,7 +53,14 @@ def edge_input(edge):
 
 
 def _as_codes(candidate):
-    codes = [int(c) for c in candidate]
+    # Only whole numbers are op codes: int() would turn 3.7 into 3 and read "abc" or NaN as a traceback.
+    if isinstance(candidate, (str, bytes, dict)) or not hasattr(candidate, '__iter__'):
+        raise GenotypeError(f'a candidate is a list of {CANDIDATE_LEN} integer op codes, got {candidate!r}')
+    try:
+        codes = [operator.index(c) for c in candidate]
+    except TypeError:
+        raise GenotypeError(f'a candidate is a list of {CANDIDATE_LEN} integer op codes, got {list(candidate)!r}') \
+            from None
     if len(codes) != CANDIDATE_LEN:
         raise GenotypeError(f'a candidate has {CANDIDATE_LEN} op codes (14 normal + 14 reduce), got {len(codes)}')
     bad = [c for c in codes if not 0 <= c < len(PRIMITIVES)]
@@ -522,14 +530,14 @@ def validate_genotype(genotype):
             raise GenotypeError(f'{which} cell needs two (op, input) pairs per node, got {len(ops)} pairs')
         steps = len(ops) // 2
         for k, pair in enumerate(ops):
-            if len(pair) != 2:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise GenotypeError(f'{which} cell entry {k} must be [op_name, input_index], got {pair!r}')
             op, inp = pair
-            if op not in known:
+            if not isinstance(op, str) or op not in known:
                 raise GenotypeError(f'{which} cell: unknown op {op!r}; known ops: {", ".join(sorted(known))}')
             if not isinstance(inp, int) or not 0 <= inp < 2 + k // 2:
                 raise GenotypeError(f'{which} cell: node {k // 2} cannot take input {inp!r} (0..{1 + k // 2})')
-        if not concat or any(not isinstance(c, int) or not 0 <= c < 2 + steps for c in concat):
+        if not isinstance(concat, (list, tuple)) or not concat or any(not isinstance(c, int) or not 0 <= c < 2 + steps for c in concat):
             raise GenotypeError(f'{which}_concat {concat!r} must list node indices in 0..{1 + steps}')
     return genotype
 
@@ -541,8 +549,12 @@ def genotype_to_dict(genotype):
 
 def genotype_from_dict(d):
     try:
-        g = Genotype(normal=[(op, i) for op, i in d['normal']], normal_concat=list(d['normal_concat']),
-                     reduce=[(op, i) for op, i in d['reduce']], reduce_concat=list(d['reduce_concat']))
+        cells = {k: d[k] for k in ('normal', 'normal_concat', 'reduce', 'reduce_concat')}
+        if not all(isinstance(v, list) for v in cells.values()):
+            raise TypeError('each of them must be a list')
+        g = Genotype(normal=[tuple(p) if isinstance(p, list) else p for p in cells['normal']],
+                     normal_concat=cells['normal_concat'], reduce_concat=cells['reduce_concat'],
+                     reduce=[tuple(p) if isinstance(p, list) else p for p in cells['reduce']])
     except (KeyError, TypeError, ValueError) as e:
         raise GenotypeError(f'a genotype needs normal, normal_concat, reduce, reduce_concat lists ({e!r})')
     return validate_genotype(g)

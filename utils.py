@@ -395,7 +395,10 @@ RUN_KINDS = {
 # Run directories written before run.json existed: a file each kind writes, and no other.
 LEGACY_FILES = (('last.pth.tar', 'supernet'), ('checkpoint_epoch_0.pth.tar', 'supernet'),
                 ('search_checkpoint.json', 'search'), ('checkpoint.pth.tar', 'retrain'),
-                ('model_best.pth.tar', 'retrain'), ('protocol.json', 'ground-truth'), ('demo_state.json', 'demo'))
+                ('model_best.pth.tar', 'retrain'), ('protocol.json', 'ground-truth'), ('demo_state.json', 'demo'),
+                # runs.jsonl before settings.json: a data-free study writes both, proxy scores only settings.json
+                ('runs.jsonl', 'nb201-datafree'), ('settings.json', 'proxy-scores'), ('report.md', 'proxy-report'),
+                ('scores.jsonl', 'scoring'))
 
 
 def recorded_kind(path):

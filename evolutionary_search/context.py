@@ -16,6 +16,7 @@ from data import SPLIT_FLAGS, choose_split, inherited_split_flags, load_search_d
 from devices import memory_format
 from evolutionary_search.metrics import NEEDS_INIT, PRECISIONS, ScoringContext
 from evolutionary_search.supernet_io import INHERITED, inherited_data_flags, load_init_supernet, load_supernet
+from inputs import number
 from spaces import SPACE_NAMES
 from utils import UserError, parse_stds, require
 
@@ -87,6 +88,9 @@ def check_scoring_args(args, metrics):
     that will be scored (those of NEEDS_INIT need --init_model_path)."""
     args = argparse.Namespace(**vars(args))
     args.stds = parse_stds(args.stds)
+    for flag in ('wlm_weight', 'acc_weight'):        # a NaN weight makes every combined score NaN
+        number(f'--{flag}', getattr(args, flag), fix='pass a finite weight')
+    number('--bn_momentum', args.bn_momentum, lo=0, hi=1)
     needs = sorted(NEEDS_INIT & set(metrics))
     require([(getattr(args, f) is None or getattr(args, f) >= 1, f'--{f} must be >= 1') for f in POSITIVE_FLAGS] + [
         (args.model_path is not None,

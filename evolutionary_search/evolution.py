@@ -14,6 +14,7 @@ recorded with its score. Random filling, mutation and crossover make a bounded n
 Proposing uses only `self.rng`; scoring uses none of it, so the whole state (JSON-serializable) can be
 saved after every scored candidate and a resumed search continues exactly.
 """
+import math
 import random
 
 from spaces import get_space
@@ -137,6 +138,12 @@ class Evolution:
     def record(self, candidate, info):
         """Keep a candidate's score (and, under a budget, its cost)."""
         key = cand_key(candidate)
+        score = info.get('score')
+        # A NaN compares false with everything, an inf above everything: neither may rank.
+        if not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise UserError(f'candidate {key} scored {score}: a score that is not a finite number cannot be '
+                            'ranked; the supernet or the scoring flags make the metric diverge (check the '
+                            'checkpoint and --wlm_weight / --acc_weight / --stds)')
         self.scores[key] = {**info, 'cost': self.costs[key]} if key in self.costs else info
 
     def _merge_top(self, top, k):

@@ -6,13 +6,16 @@ computes it). Rank 0 alone runs the evolution step, writes the search checkpoint
 and writes the outputs; the other ranks receive its state.
 """
 import json
+import math
 import os
+import random
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
 from evolutionary_search.evolution import cand_key
 from evolutionary_search.metrics import METRICS
+from inputs import check_keys, json_document
 from utils import UserError, append_line, atomic_write_text, changed_flags, logger, progress, write_guard
 
 CHECKPOINT = 'search_checkpoint.json'
@@ -73,13 +76,42 @@ def save_search(run, evo, args, flags):
                                                          'evolution': evo.state_dict()}))
 
 
+# What Evolution.load_state_dict reads from a saved state, and of what type.
+STATE_KEYS = {'generation': int, 'population': list, 'scores': dict, 'top_k': list, 'top_keep': list,
+              'history': list, 'done': bool, 'rng': list}
+WHAT = 'a search checkpoint (search_checkpoint.json)'
+
+
+def check_state(flag, path, state):
+    """The evolution entry holds what load_state_dict needs, each candidate key a list of op codes and each
+    score a finite number; UserError otherwise."""
+    check_keys(flag, path, state, STATE_KEYS, WHAT)
+    keys = [*state['population'], *state['top_k'], *state['top_keep'], *state['scores']]
+    scores = [info.get('score') if isinstance(info, dict) else None for info in state['scores'].values()]
+    rng = state['rng']
+    ok = (all(isinstance(k, str) and all(c.strip().isdigit() for c in k.split(',')) for k in keys)
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scores)
+          and all(k in state['scores'] for k in state['top_k'] + state['top_keep'])
+          and len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], list)
+          and all(isinstance(x, int) for x in rng[1]))
+    if not ok:
+        raise UserError(f'{flag} {path} is not {WHAT}: its "evolution" entry holds candidates, scores or a random '
+                        'state of the wrong form')
+    try:
+        random.Random().setstate((rng[0], tuple(rng[1]), rng[2]))
+    except (TypeError, ValueError):
+        raise UserError(f'{flag} {path} is not {WHAT}: its random state is not one') from None
+    return state
+
+
 def read_search(path, args, flags):
     """The evolution state of a search checkpoint written with the same score-relevant flags."""
+    flag = '--resume' if args.resume else 'the search checkpoint'
     try:
-        doc = json.loads(Path(path).read_text())
-        saved, state = doc['args'], doc['evolution']
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f'cannot resume from {path}: not a search checkpoint ({e!r}); start over with --restart')
+        doc = json_document(flag, path, {'args': dict, 'evolution': dict}, WHAT)
+        saved, state = doc['args'], check_state(flag, path, doc['evolution'])
+    except UserError as e:
+        raise UserError(f'{e}; or start over with --restart') from None
     # Flags added after a checkpoint was written are absent from it: compare with what the older version did.
     legacy = {**LEGACY_FLAGS,
               'split': 'none' if saved.get('split_data') == 0 else 'file' if saved.get('split_file') else 'seeded'}

@@ -33,6 +33,7 @@ from evolutionary_search.supernet_io import INHERITED  # noqa: E402
 from spaces.base import read_candidates_file  # noqa: E402
 from devices import choose_device  # noqa: E402
 from distributed import Dist  # noqa: E402
+from inputs import SEED_MAX, numbers  # noqa: E402
 from seeding import seed_everything  # noqa: E402
 from utils import (ArgumentParser, Run, UserError, add_noop_flags, lock_run_dir, locks_released, logger,  # noqa: E402
                    pop_noop_flags, require, resolve_run_paths, restarts_from_beginning, run_cli)
@@ -124,6 +125,7 @@ def parse_args(argv=None):
     if args.metric not in METRICS:
         raise UserError(f'unknown --metric {args.metric!r}; choose one of {", ".join(METRICS)}')
     args = context.check_scoring_args(args, [args.metric])
+    check_numbers(args)
     require([(getattr(args, f) >= 1, f'--{f} must be >= 1') for f in ('max_epochs', 'population_num', 'select_num')])
     require([(args.mutation_num + args.crossover_num <= args.population_num,
               '--mutation_num + --crossover_num must not exceed --population_num'),
@@ -131,6 +133,22 @@ def parse_args(argv=None):
               f'--select_num {args.select_num} exceeds --population_num {args.population_num}: the parents are '
               'chosen among the population; lower --select_num')])
     return resolve_run_paths(args, CHECKPOINT, f'search-{args.metric}')
+
+
+def check_numbers(args):
+    """The ranges of stage 2's own numbers (the scoring flags are checked by context.check_scoring_args)."""
+    numbers([('--seed', args.seed, dict(lo=0, hi=SEED_MAX)),
+             ('--mutation_num', args.mutation_num, dict(lo=0)), ('--crossover_num', args.crossover_num, dict(lo=0)),
+             ('--m_prob', args.m_prob, dict(lo=0, hi=1, fix='it is a probability per edge')),
+             ('--stop_after', args.stop_after, dict(lo=0, fix='0 means do not stop early')),
+             # None means stage 3's default; 0 would silently mean it too
+             ('--budget_channels', args.budget_channels, dict(lo=1, fix='leave it out for stage 3\'s default')),
+             ('--budget_layers', args.budget_layers, dict(lo=1, fix='leave it out for stage 3\'s default'))])
+
+
+def run_kind(args):
+    """What --save holds once this run wrote into it: given cells scored, or an evolution."""
+    return 'scoring' if args.candidates or args.arch else 'search'
 
 
 def search_scoring(args, device, notes=None):
@@ -206,7 +224,7 @@ def open_search(s, dist, evo, searching):
         raise UserError(f'--resume {s.resume} does not exist; pass the {CHECKPOINT} of a search run directory')
     if s.restart and s.resume:
         raise UserError('--restart starts over and --resume continues: pass one of them')
-    dist.from_main(lambda: lock_run_dir(s.save))      # rank 0 alone writes
+    dist.from_main(lambda: lock_run_dir(s.save, run_kind(s)))      # rank 0 alone writes
     resuming = searching and not s.restart and dist.from_main(lambda: os.path.isfile(ckpt_path))
     if searching and not resuming and not s.restart:
         dist.from_main(lambda: refuse_leftovers(s.save))
@@ -271,5 +289,11 @@ def main(args):
     return results
 
 
+def resume_hint(args):
+    if run_kind(args) == 'scoring':
+        return 'rerun the same command'
+    return f'rerun the same command (it resumes from {Path(args.save) / CHECKPOINT})'
+
+
 if __name__ == '__main__':
-    run_cli(main, parse_args)
+    run_cli(main, parse_args, resume_hint=resume_hint)

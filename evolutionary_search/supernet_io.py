@@ -10,6 +10,8 @@ do not and hold DARTS supernets.
 """
 from typing import NamedTuple
 
+import torch
+
 from data import inherited_split_flags
 from spaces import get_space
 from checkpoints import load_checkpoint, load_state_checked
@@ -35,12 +37,25 @@ def checkpoint_space(ckpt, args, path):
     return get_space(saved or args.space)       # neither: the default space (DARTS)
 
 
+def check_weights(state, path):
+    """Every entry is a tensor and every float one finite: a diverged run's NaN weights would give NaN scores."""
+    odd = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise UserError(f'{path} is not a supernet checkpoint (its state_dict entry {odd!r} is a '
+                        f'{type(state[odd]).__name__}, not a tensor)')
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f'{path} holds non-finite weights ({len(bad)} tensors, e.g. {bad[0]}): its training '
+                        'diverged; pass a checkpoint of an earlier epoch or of a run that did not diverge')
+
+
 def load_supernet(path, args, inside='checkpoint_epoch_*.pth.tar'):
     """A supernet from a stage-1 or reference checkpoint, as a LoadedSupernet. `inside`: the file expected when `path` is a stage-1 run directory."""
     ckpt = load_checkpoint(path, inside=inside)
     state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not any(k.endswith('classifier.weight') for k in state):
         raise UserError(f'{path} is not a supernet checkpoint (no state_dict with classifier weights)')
+    check_weights(state, path)
     space = checkpoint_space(ckpt, args, path)
     C = args.init_channels or ckpt.get('init_channels')
     layers = args.layers or ckpt.get('layers')

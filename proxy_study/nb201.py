@@ -33,6 +33,7 @@ from proxy_study.records import read_ground_truth, read_scores  # noqa: E402
 from proxy_study.scoring import OUTPUT, SETTINGS, add_score_args, build_context, check_score_args, score_cells  # noqa: E402
 from spaces import get_space, nb201_bench, nb201_truth  # noqa: E402
 from devices import choose_device  # noqa: E402
+from inputs import SEED_MAX, json_document, numbers, writable_dir  # noqa: E402
 from seeding import seed_everything  # noqa: E402
 from utils import (ArgumentParser, UserError, atomic_write_text, lock_run_dir, locks_released, logger, run_cli)  # noqa: E402
 
@@ -66,6 +67,7 @@ def parse_args(argv=None):
     args = check_report_args(check_score_args(get_args_parser().parse_args(argv)))
     if args.bench_dir and args.ground_truth:
         raise UserError('--bench_dir and --ground_truth are two ground truths: pass one of them')
+    numbers([('--seed', args.seed, dict(lo=0, hi=SEED_MAX)), ('--sample_seed', args.sample_seed, dict(lo=0))])
     return args
 
 
@@ -179,13 +181,14 @@ def report(save, dataset, args, truth, supernet_dataset):
     rargs.ground_truth, rargs.scores = save / f'ground_truth_{dataset}.jsonl', scores_path
     gt, scores = read_ground_truth(rargs.ground_truth), read_scores(scores_path)
     ceiling, results = analyse(gt, scores, rargs)
-    settings = json.loads((save / 'scores' / SETTINGS).read_text())
+    settings = json_document('--save', save / 'scores' / SETTINGS, {}, 'the settings.json of a scores run')
     return write_report(gt, scores, ceiling, results, rargs, save / f'report_{dataset}', settings,
                         truth.title(dataset), truth.source(dataset, supernet_dataset))
 
 
 @locks_released
 def main(args):
+    writable_dir('--save', args.save)
     device = choose_device(args.device)
     seed_everything(args.seed)
     setup = build_context(args, device, [], args.model_path,
@@ -199,7 +202,7 @@ def main(args):
     cells, skipped = cells_with_records(truth, cells, args)
     texts = {d: truth.lines(cells, d, setup.dataset, skipped) for d in datasets}
     save = Path(args.save)
-    lock_run_dir(save)                                   # every user error above: nothing written
+    lock_run_dir(save, 'nb201-study')                    # every user error above: nothing written
     for d, text in texts.items():
         atomic_write_text(save / f'ground_truth_{d}.jsonl', text)
     names = {c.candidate: f'{c.name}: {setup.ctx.space.to_string(c.candidate)}' for c in cells}
@@ -214,4 +217,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-    run_cli(main, parse_args)
+    run_cli(main, parse_args, resume_hint=lambda args: 'rerun the same command (scored cells are kept)')

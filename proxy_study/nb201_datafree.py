@@ -34,6 +34,7 @@ from proxy_study.analysis import fmt, plot_taus  # noqa: E402
 from proxy_study.records import read_jsonl  # noqa: E402
 from spaces import nb201, nb201_scores, nb201_truth  # noqa: E402
 from distributed import Dist  # noqa: E402
+from inputs import SEED_MAX, json_document, numbers, writable_dir  # noqa: E402
 from utils import (ArgumentParser, UserError, atomic_write_text, changed_flags, lock_run_dir, locks_released,  # noqa: E402
                    logger, require, run_cli, setup_logging)
 
@@ -73,6 +74,8 @@ def parse_args(argv=None):
              (fractions and all(0 < f <= 1 for f in fractions), '--top_fractions must lie in (0, 1]'),
              (args.num_cells >= 0, '--num_cells must be >= 0 (0: all cells)'),
              (args.log_every >= 1, '--log_every must be >= 1')])
+    numbers([(f'--{k}', getattr(args, k), dict(lo=0, hi=SEED_MAX)) for k in ('seed', 'sample_seed', 'bootstrap_seed')])
+    writable_dir('--save', args.save)
     return args
 
 
@@ -122,10 +125,11 @@ def drop_cut_lines(save):
 
 def prepare(save, settings):
     """Rank 0: lock the run directory, refuse other scoring flags, drop cut lines."""
-    lock_run_dir(save)
+    lock_run_dir(save, 'nb201-datafree')
     path = save / SETTINGS
     if path.exists():
-        changed = changed_flags(json.loads(path.read_text()), settings)
+        saved = json_document('--save', path, {}, 'the settings.json of a data-free study')
+        changed = changed_flags(saved, settings)
         if changed:
             raise UserError(f'{save} holds scores made with other flags ({"; ".join(changed)}); use the same flags '
                             'to resume, or another --save')
@@ -396,4 +400,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-    run_cli(main, parse_args)
+    run_cli(main, parse_args, resume_hint=lambda args: 'rerun the same command (scored cells are kept)')

@@ -25,6 +25,8 @@ def read_jsonl(path, what):
         text = Path(path).read_text()
     except OSError as e:
         raise UserError(f'cannot read the {what} file {path}: {e.strerror}; check the path')
+    except UnicodeDecodeError:
+        raise UserError(f'{path} is a binary file, not a {what} file of JSON lines; pass the {what} file') from None
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -91,6 +93,9 @@ def read_ground_truth(path):
                             'per (candidate, seed)')
         seeds[rec['seed']] = float(rec['test_acc'])
         names.setdefault(cand, rec.get('name'))
+        if rec.get('protocol') is not None and not isinstance(rec['protocol'], dict):
+            raise UserError(f'{path} line {n}: "protocol" must be an object (dataset, init_channels, ...); fix that '
+                            'line')
         protocol = protocol or rec.get('protocol')
     if not per_cell:
         raise UserError(f'{path} holds no ground-truth lines; each line looks like {GT_EXAMPLE}')

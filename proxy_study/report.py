@@ -10,7 +10,6 @@ between training seeds) and each metric's repeatability (mean tau between scorin
 report.md (sorted by tau), report.json, scatter_<metric>.png and taus.png into --out. The logic is
 proxy_study/analysis.py.
 """
-import json
 import sys
 from pathlib import Path
 
@@ -18,7 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhe
 
 from proxy_study.analysis import add_report_args, analyse, check_cells, check_report_args, write_report  # noqa: E402
 from proxy_study.records import read_ground_truth, read_scores  # noqa: E402
-from utils import ArgumentParser, UserError, run_cli  # noqa: E402
+from inputs import json_document, writable_dir  # noqa: E402
+from utils import ArgumentParser, UserError, lock_run_dir, locks_released, run_cli, write_guard  # noqa: E402
+
+KIND = 'proxy-report'
 
 
 def get_args_parser():
@@ -35,7 +37,9 @@ def parse_args(argv=None):
     return check_report_args(get_args_parser().parse_args(argv))
 
 
+@locks_released
 def main(args):
+    writable_dir('--out', args.out)
     gt = read_ground_truth(args.ground_truth)
     check_cells(gt, args)
     scores = read_scores(args.scores)
@@ -44,11 +48,14 @@ def main(args):
     if (out / 'report.md').exists() and not args.force:
         raise UserError(f'{out} already holds a report; pass --force to replace it, or choose another --out')
     settings_path = Path(args.scores).with_name('settings.json')
-    settings = json.loads(settings_path.read_text()) if settings_path.exists() else None
-    doc = write_report(gt, scores, ceiling, results, args, out, settings)
+    settings = json_document('the settings beside --scores', settings_path, {}, 'the settings.json of scores.py') \
+        if settings_path.exists() else None
+    lock_run_dir(out, KIND)
+    with write_guard(out):                      # the figures are written straight, not through atomic writes
+        doc = write_report(gt, scores, ceiling, results, args, out, settings)
     print((out / 'report.md').read_text())
     return doc
 
 
 if __name__ == '__main__':
-    run_cli(main, parse_args)
+    run_cli(main, parse_args, resume_hint=lambda args: 'rerun the same command with --force')

@@ -20,7 +20,10 @@ from proxy_study.records import read_ground_truth  # noqa: E402
 from proxy_study.scoring import add_score_args, build_context, check_score_args, score_cells  # noqa: E402
 from devices import choose_device  # noqa: E402
 from seeding import seed_everything  # noqa: E402
-from utils import ArgumentParser, run_cli  # noqa: E402
+from inputs import writable_dir  # noqa: E402
+from utils import ArgumentParser, lock_run_dir, locks_released, run_cli  # noqa: E402
+
+KIND = 'proxy-scores'
 
 
 def get_args_parser():
@@ -35,13 +38,16 @@ def parse_args(argv=None):
     return check_score_args(get_args_parser().parse_args(argv))
 
 
+@locks_released
 def main(args):
+    writable_dir('--save', args.save)
     device = choose_device(args.device)
     seed_everything(args.seed)
     gt = read_ground_truth(args.ground_truth)
     setup = build_context(args, device, gt.cells, args.ground_truth, gt.protocol)
+    lock_run_dir(args.save, KIND)               # every user error above: nothing written
     return score_cells(setup.ctx, gt.cells, gt.names, args, Path(args.save))
 
 
 if __name__ == '__main__':
-    run_cli(main, parse_args)
+    run_cli(main, parse_args, resume_hint=lambda args: 'rerun the same command (scored cells are kept)')

@@ -18,8 +18,9 @@ from evolutionary_search.context import build_context as build_scoring
 from evolutionary_search.context import check_scoring_args
 from evolutionary_search.metrics import DETERMINISTIC, METRICS, ScoringContext
 from genotypes import GenotypeError
+from inputs import json_document
 from proxy_study.records import read_jsonl
-from utils import UserError, atomic_write_text, changed_flags, logger, require, setup_logging
+from utils import UserError, append_line, atomic_write_text, changed_flags, logger, require, setup_logging
 
 OUTPUT, SETTINGS = 'scores.jsonl', 'settings.json'
 # Flags that change scores: fixed for a run directory.
@@ -110,7 +111,8 @@ def done_scores(save, args):
     path = save / SETTINGS
     if path.exists():
         current = {**settings, **{k: getattr(args, k) for k in LATER_FLAGS}}
-        changed = changed_flags(json.loads(path.read_text()), current,
+        saved = json_document('--save', path, {}, 'the settings.json of a scores run')
+        changed = changed_flags(saved, current,
                                 fallback={**{k: None for k in SCORE_FLAGS}, **LATER_FLAGS})
         if changed:
             raise UserError(f'{save} holds scores made with other flags ({"; ".join(changed)}); use the same '
@@ -134,16 +136,16 @@ def score_cells(ctx, cells, names, args, save):
     seeds = list(range(args.seed, args.seed + args.scoring_seeds))
     logger.info('scoring %d cells by %d metrics with seeds %s on %s', len(cells), len(args.metrics), seeds,
                 ctx.device)
-    with open(save / OUTPUT, 'a') as out:
-        for n, cand in enumerate(cells, 1):
-            t0 = time.time()
-            ctx.cache.clear()            # the parts shared by the metrics (acc, wlm, angle) of this cell
-            for metric in args.metrics:
-                for seed in seeds[:1] if metric in DETERMINISTIC else seeds:
-                    if (cand, metric, seed) in done:
-                        continue
-                    info = METRICS[metric](dataclasses.replace(ctx, seed=seed), list(cand))
-                    out.write(json.dumps({'candidate': list(cand), 'metric': metric, 'seed': seed, **info}) + '\n')
-                    out.flush()
-            logger.info('[%d/%d] %s scored (%.1fs)', n, len(cells), names.get(cand, list(cand)), time.time() - t0)
+    for n, cand in enumerate(cells, 1):
+        t0 = time.time()
+        ctx.cache.clear()            # the parts shared by the metrics (acc, wlm, angle) of this cell
+        for metric in args.metrics:
+            for seed in seeds[:1] if metric in DETERMINISTIC else seeds:
+                if (cand, metric, seed) in done:
+                    continue
+                info = METRICS[metric](dataclasses.replace(ctx, seed=seed), list(cand))
+                # a full disk: one error line, and no half line left behind
+                append_line(save / OUTPUT, json.dumps({'candidate': list(cand), 'metric': metric, 'seed': seed,
+                                                       **info}))
+        logger.info('[%d/%d] %s scored (%.1fs)', n, len(cells), names.get(cand, list(cand)), time.time() - t0)
     return save / OUTPUT

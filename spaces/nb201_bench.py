@@ -76,8 +76,13 @@ class Benchmark:
             raise UserError(f'{folder} is not a NATS-Bench topology folder (no meta.pickle.pbz2); pass the '
                             f'unpacked {FOLDER_NAME} folder')
         self.folder = folder
-        self.api = create(folder, 'tss', fast_mode=True, verbose=False)
-        self.index = nb201.BenchmarkIndex(self.api.meta_archs)
+        try:
+            self.api = create(folder, 'tss', fast_mode=True, verbose=False)
+            self.index = nb201.BenchmarkIndex(self.api.meta_archs)
+        except Exception as e:      # nats_bench unpickles the file: a damaged one raises anything
+            raise UserError(f'{folder}/meta.pickle.pbz2 cannot be read as NATS-Bench\'s meta data '
+                            f'({type(e).__name__}: {str(e)[:80]}); pass an intact unpacked {FOLDER_NAME} folder') \
+                from None
 
     def _results(self, index):
         try:

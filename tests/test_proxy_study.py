@@ -180,3 +180,131 @@ def test_changed_protocol_is_refused(gt_run, capsys):
     argv = [*gt_argv(epochs=2), '--save', gt_run]
     assert cli_exit_code(ground_truth, argv) == 2
     assert '--epochs 1 -> 2' in error_line(capsys) and snapshot_dir(gt_run) == before
+
+
+# --- bad input, table by kind: exit 2, one error line, every file that was there unchanged ----------------------
+import shutil  # noqa: E402
+
+import torch  # noqa: E402
+
+import genotypes as G  # noqa: E402
+from conftest import assert_refused  # noqa: E402
+
+CELLS = [G.encode(g) for g in (G.DARTS_V2, G.PDARTS, G.PC_DARTS)]
+
+
+def kept(before, after):
+    """The files of `before` as they are now (a lock file the CLI adds is not a file it overwrote)."""
+    return {k: after.get(k) for k in before}
+
+
+def write(path, content):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def table_files(tmp, sn):
+    """A hand-written ground truth and scores file of three cells, and a supernet run (copied)."""
+    gt = write(tmp / 'gt' / 'ground_truth.jsonl', ''.join(
+        json.dumps({'candidate': c, 'seed': s, 'test_acc': 0.5 + 0.1 * i + 0.01 * s}) + '\n'
+        for i, c in enumerate(CELLS) for s in (0, 1)))
+    sc = write(tmp / 'scores' / 'scores.jsonl', ''.join(
+        json.dumps({'candidate': c, 'metric': 'params', 'seed': 0, 'score': float(i)}) + '\n'
+        for i, c in enumerate(CELLS)))
+    return gt, sc, shutil.copytree(sn, tmp / 'supernet')
+
+
+BINARY = bytes(range(256)) * 4
+
+
+def nan_weights(sn):
+    ckpt = torch.load(sn / 'checkpoint_epoch_1.pth.tar', weights_only=False)
+    ckpt['state_dict'] = {k: v * float('nan') if v.is_floating_point() else v for k, v in ckpt['state_dict'].items()}
+    torch.save(ckpt, sn / 'nan.pth.tar')
+    return sn / 'nan.pth.tar'
+
+
+# name -> (callable (tmp, ground truth, scores file, supernet run) -> {flag: value}, message)
+SCORES_CASES = {
+    'ground-truth-binary': (lambda t, g, s, n: {'--ground_truth': write(g, BINARY)}, 'binary file'),
+    'ground-truth-protocol-string': (lambda t, g, s, n: {'--ground_truth': write(g, json.dumps(
+        {'candidate': CELLS[0], 'seed': 0, 'test_acc': 0.5, 'protocol': 'abc'}))}, '"protocol" must be an object'),
+    'save-is-a-file': (lambda t, g, s, n: {'--save': s}, 'is an existing file'),
+    'save-is-a-supernet-run': (lambda t, g, s, n: {'--save': n}, 'stage-1 supernet run'),
+    'save-is-a-search-scoring': (lambda t, g, s, n: {'--save': s.parent}, 'stage-2 scoring'),
+    'settings-garbage': (lambda t, g, s, n: {'--save': write(t / 'run' / 'settings.json', '[1, 2').parent},
+                         'not valid JSON'),
+    'settings-binary': (lambda t, g, s, n: {'--save': write(t / 'run' / 'settings.json', BINARY).parent},
+                        'binary file'),
+    'settings-a-list': (lambda t, g, s, n: {'--save': write(t / 'run' / 'settings.json', '[]').parent},
+                        'not the settings.json'),
+    'model-path-text': (lambda t, g, s, n: {'--model_path': g}, 'ground_truth.jsonl'),
+    'model-path-nan-weights': (lambda t, g, s, n: {'--model_path': nan_weights(n)}, 'non-finite weights'),
+    'wlm-weight-nan': (lambda t, g, s, n: {'--wlm_weight': 'nan'}, '--wlm_weight'),
+    'bn-momentum-above-1': (lambda t, g, s, n: {'--bn_momentum': 5}, '--bn_momentum'),
+}
+REPORT_CASES = {
+    'ground-truth-binary': (lambda t, g, s, n: {'--ground_truth': write(g, BINARY)}, 'binary file'),
+    'scores-binary': (lambda t, g, s, n: {'--scores': write(s, BINARY)}, 'binary file'),
+    'scores-garbage': (lambda t, g, s, n: {'--scores': write(s, 'abc\n')}, 'line 1 is not valid JSON'),
+    'scores-not-objects': (lambda t, g, s, n: {'--scores': write(s, '[1]\n')}, 'not a JSON object'),
+    'settings-beside-scores-garbage': (lambda t, g, s, n: {'--scores': write(s.with_name('settings.json'), '{').with_name(
+        'scores.jsonl')}, 'not valid JSON'),
+    'settings-beside-scores-binary': (lambda t, g, s, n: {'--scores': write(s.with_name('settings.json'), BINARY)
+                                                          .with_name('scores.jsonl')}, 'binary file'),
+    'out-is-a-file': (lambda t, g, s, n: {'--out': g}, '--out'),
+    'out-is-a-supernet-run': (lambda t, g, s, n: {'--out': n}, 'stage-1 supernet run'),
+    'out-is-a-scores-run': (lambda t, g, s, n: {'--out': write(t / 'sc' / 'settings.json', '{}').parent},
+                            'proxy-study scores'),
+}
+
+
+def flags_of(case, tmp, sn, defaults):
+    gt, sc, run = table_files(tmp, sn)
+    flags = {**{k: v(gt, sc, run) for k, v in defaults.items()}, **case(tmp, gt, sc, run)}
+    return [str(a) for kv in flags.items() for a in kv]
+
+
+SCORES_DEFAULTS = {'--ground_truth': lambda g, s, n: g, '--model_path': lambda g, s, n: n / 'checkpoint_epoch_1.pth.tar',
+                   '--metrics': lambda g, s, n: 'params', '--device': lambda g, s, n: 'cpu',
+                   '--save': lambda g, s, n: g.parent.parent / 'new'}
+REPORT_DEFAULTS = {'--ground_truth': lambda g, s, n: g, '--scores': lambda g, s, n: s,
+                   '--out': lambda g, s, n: g.parent.parent / 'report', '--resamples': lambda g, s, n: 1000}
+
+
+@pytest.mark.parametrize('name', SCORES_CASES)
+def test_scores_refuses_bad_input_and_keeps_every_file(name, tiny_supernet, tmp_path, capsys):
+    case, message = SCORES_CASES[name]
+    argv = flags_of(case, tmp_path, tiny_supernet('darts'), SCORES_DEFAULTS)
+    before = snapshot_dir(tmp_path)
+    code = cli_exit_code(scores, argv)
+    assert_refused(code, capsys.readouterr().err, message, before, kept(before, snapshot_dir(tmp_path)))
+
+
+@pytest.mark.parametrize('name', REPORT_CASES)
+def test_report_refuses_bad_input_and_keeps_every_file(name, tiny_supernet, tmp_path, capsys):
+    case, message = REPORT_CASES[name]
+    argv = flags_of(case, tmp_path, tiny_supernet('darts'), REPORT_DEFAULTS)
+    before = snapshot_dir(tmp_path)
+    code = cli_exit_code(report, argv)
+    assert_refused(code, capsys.readouterr().err, message, before, kept(before, snapshot_dir(tmp_path)))
+
+
+def test_scores_and_report_on_a_full_disk_end_with_one_line(tiny_supernet, tmp_path):
+    """Files may grow to 700 bytes (RLIMIT_FSIZE, SIGXFSZ ignored: a write past it fails as on a full disk)."""
+    gt, sc, run = table_files(tmp_path, tiny_supernet('darts'))
+    limit = "import resource, signal, runpy, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); " \
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (700, 700)); sys.argv = sys.argv[1:]; " \
+            "runpy.run_path(sys.argv[0], run_name='__main__')"
+    for script, flags in (('proxy_study/scores.py', ['--ground_truth', gt, '--model_path', run /
+                                                     'checkpoint_epoch_1.pth.tar', '--metrics', 'params,macs',
+                                                     '--scoring_seeds', 9, '--device', 'cpu', '--save',
+                                                     tmp_path / 'new']),
+                          ('proxy_study/report.py', ['--ground_truth', gt, '--scores', sc, '--out', tmp_path / 'rep',
+                                                     '--resamples', 1000])):
+        proc = subprocess.run([sys.executable, '-c', limit, str(ROOT / script), *map(str, flags)], cwd=ROOT,
+                              capture_output=True, text=True)
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
+        assert proc.returncode == 2 and len(errors) == 1 and 'was not written' in errors[0], proc.stderr[-2000:]
+    assert (tmp_path / 'new' / 'scores.jsonl').read_text().endswith('\n')
