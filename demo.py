@@ -232,7 +232,8 @@ class DemoResult:
 
 def get_args_parser():
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--out', default='runs/demo', help='run directory of the demo (default: runs/demo)')
+    p.add_argument('--save', '--out', dest='out', metavar='DIR', default='runs/demo',
+                   help='run directory of the demo (default: runs/demo)')
     p.add_argument('--tiny', action='store_true', help='tiny scale, for CI (default: off)')
     p.add_argument('--force', action='store_true', help='redo every stage (default: skip finished ones)')
     return p

@@ -316,6 +316,33 @@ METRICS = {
     'grad_norm': score_grad_norm,
     'snip': score_snip,
 }
+# The combined metrics: (first term, weighted term, the weight's flag), as score_angle_wlm / score_acc_wlm /
+# score_angle_acc compute them.
+COMBINED = {'angle+wlm': ('angle / pi', 'wlm', 'wlm_weight'), 'acc+wlm': ('acc', 'wlm', 'wlm_weight'),
+            'angle+acc': ('angle / pi', 'acc', 'acc_weight')}
+
+
+def formula(metric, wlm_weight, acc_weight, stds):
+    """The score a metric computes with these weights, as text: what a search records and logs."""
+    if metric not in COMBINED:
+        return metric
+    first, term, flag = COMBINED[metric]
+    weight = wlm_weight / stds[0] if flag == 'wlm_weight' else acc_weight
+    if weight == 0:
+        return first
+    shown = f'{wlm_weight:g} / {stds[0]:g}' if flag == 'wlm_weight' else f'{acc_weight:g}'
+    return f'{first} + {shown} * {term}'
+
+
+def reduced_to_one_term(metric, wlm_weight, acc_weight):
+    """The flag whose value 0 makes a combined metric score its first term alone (None otherwise)."""
+    if metric in COMBINED:
+        flag = COMBINED[metric][2]
+        if (wlm_weight if flag == 'wlm_weight' else acc_weight) == 0:
+            return flag
+    return None
+
+
 NEEDS_INIT = {'angle', 'angle+wlm', 'angle+acc'}
 # Metrics whose score does not depend on the seed (the proxy study scores them once).
 DETERMINISTIC = {'angle', 'params', 'macs'}

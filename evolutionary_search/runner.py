@@ -9,12 +9,13 @@ import json
 import math
 import os
 import random
+import time
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
 from evolutionary_search.evolution import cand_key
-from evolutionary_search.metrics import METRICS
+from evolutionary_search.metrics import METRICS, formula
 from inputs import check_keys, json_document
 from utils import UserError, append_line, atomic_write_text, changed_flags, logger, progress, write_guard
 
@@ -143,6 +144,7 @@ def write_genotype(run, evo, args):
     with write_guard(path, f'{path}.tmp'):          # save_result writes <path>.tmp, then replaces
         evo.space.save_result(
             path, best, name=f'searched_{args.metric}', metric=args.metric, score=info['score'],
+            formula=formula(args.metric, args.wlm_weight, args.acc_weight, args.stds),
             components=info, top10=[{'candidate': c, **evo.space.describe(c), **i} for c, i in top],
             checkpoints={'model_path': os.path.abspath(args.model_path),
                          'init_model_path': os.path.abspath(args.init_model_path) if args.init_model_path else None},
@@ -166,9 +168,23 @@ def finished_generation_state(run, evo, args, flags):
     return evo.state_dict()
 
 
-def show_progress(bar, evo):
-    bar.update(1)
-    bar.set_postfix(gen=evo.generation + 1, best=evo.scores[evo.top_k[0]]['score'] if evo.top_k else None)
+LOG_EVERY_S = 30.0       # a redirected search (no progress bar) still logs a line this often
+
+
+class Progress:
+    """The candidates bar, and a log line at least every LOG_EVERY_S seconds (generations can take minutes)."""
+
+    def __init__(self, bar, clock=time.monotonic):
+        self.bar, self.clock, self.last = bar, clock, clock()
+
+    def update(self, evo):
+        best = evo.scores[evo.top_k[0]]['score'] if evo.top_k else None
+        self.bar.update(1)
+        self.bar.set_postfix(gen=evo.generation + 1, best=best)
+        if self.clock() - self.last >= LOG_EVERY_S:
+            self.last = self.clock()
+            logger.info('generation %d: %d candidates scored%s', evo.generation + 1, len(evo.scores),
+                        '' if best is None else f', best so far {best:.6g}')
 
 
 def run_search(ctx, args, run, evo, dist, flags):
@@ -181,11 +197,12 @@ def run_search(ctx, args, run, evo, dist, flags):
     scored_now = 0
     bar = progress(None, is_main=dist.is_main, total=args.max_epochs * args.population_num, initial=len(evo.scores),
                    desc='candidates')
+    shown = Progress(bar)
     while not evo.done:
         for cand, info in score_in_rounds(ctx, scorer, evo.pending(), dist):
             evo.record(cand, info)
             scored_now += 1
-            show_progress(bar, evo)
+            shown.update(evo)
             stopping = bool(args.stop_after) and scored_now >= args.stop_after
             round_done = scored_now % dist.world_size == 0 or not evo.pending()
             if dist.is_main and (round_done or stopping):

@@ -27,7 +27,7 @@ from data import add_data_args  # noqa: E402
 from evolutionary_search import context  # noqa: E402
 from evolutionary_search.budget import NETWORKS, make_budget, parse_amount  # noqa: E402
 from evolutionary_search.evolution import Evolution, cand_key  # noqa: E402
-from evolutionary_search.metrics import METRICS  # noqa: E402
+from evolutionary_search.metrics import METRICS, formula, reduced_to_one_term  # noqa: E402
 from evolutionary_search.runner import CHECKPOINT, read_search, run_search, score_given  # noqa: E402
 from evolutionary_search.supernet_io import INHERITED  # noqa: E402
 from spaces.base import read_candidates_file  # noqa: E402
@@ -125,6 +125,7 @@ def parse_args(argv=None):
     if args.metric not in METRICS:
         raise UserError(f'unknown --metric {args.metric!r}; choose one of {", ".join(METRICS)}')
     args = context.check_scoring_args(args, [args.metric])
+    warn_reduced_metric(args)
     check_numbers(args)
     require([(getattr(args, f) >= 1, f'--{f} must be >= 1') for f in ('max_epochs', 'population_num', 'select_num')])
     require([(args.mutation_num + args.crossover_num <= args.population_num,
@@ -133,6 +134,15 @@ def parse_args(argv=None):
               f'--select_num {args.select_num} exceeds --population_num {args.population_num}: the parents are '
               'chosen among the population; lower --select_num')])
     return resolve_run_paths(args, CHECKPOINT, f'search-{args.metric}')
+
+
+def warn_reduced_metric(args):
+    """A combined metric whose weight is 0 (the reference's default) scores one term: say so in one line."""
+    flag = reduced_to_one_term(args.metric, args.wlm_weight, args.acc_weight)
+    if flag and int(os.environ.get('RANK', 0)) == 0:
+        print(f'warning: --metric {args.metric} with --{flag} 0 scores '
+              f'{formula(args.metric, args.wlm_weight, args.acc_weight, args.stds)} alone; pass --{flag} > 0 '
+              '(the paper: --wlm_weight 16) to score the combination', file=sys.stderr)
 
 
 def check_numbers(args):
@@ -249,8 +259,9 @@ def start_search(s, run, evo, dist, resuming, ckpt_path):
         logger.info('--restart: starting a new search%s', f' (discarded {", ".join(discarded)})' if discarded else '')
     elif s.refresh:
         logger.info('-r/--refresh: no search checkpoint in %s, starting a new search', s.save)
-    logger.info('search: metric %s, %d generations x %d candidates, supernet %s, %d process(es)', s.metric,
-                s.max_epochs, s.population_num, s.model_path, dist.world_size)
+    logger.info('search: metric %s (score = %s), %d generations x %d candidates, supernet %s, %d process(es)',
+                s.metric, formula(s.metric, s.wlm_weight, s.acc_weight, s.stds), s.max_epochs, s.population_num,
+                s.model_path, dist.world_size)
 
 
 def search_summary(result, space, evo):

@@ -27,7 +27,8 @@ def get_args_parser():
     p = ArgumentParser(description='Proxy study, report: rank agreement of every metric with the ground truth.')
     p.add_argument('--ground_truth', required=True, help='ground_truth.jsonl (proxy_study/ground_truth.py or by hand)')
     p.add_argument('--scores', required=True, help='scores.jsonl of proxy_study/scores.py')
-    p.add_argument('--out', required=True, help='folder for report.md, report.json and the PNGs')
+    p.add_argument('--save', '--out', dest='out', metavar='DIR', required=True,
+                   help='folder for report.md, report.json and the PNGs')
     add_report_args(p)
     p.add_argument('--force', action='store_true', help='replace a report already in --out')
     return p

@@ -99,3 +99,30 @@ def test_cand_key_roundtrip():
     assert cand_key(TARGET) == ','.join(map(str, TARGET))
     for cand in (TARGET, tuple(reversed(TARGET)), [0] * 28, [7] * 28, [4, 0, 3, 1, 2, 4]):   # DARTS and NB201
         assert key_cand(cand_key(cand)) == list(cand)
+
+
+def test_a_search_logs_a_line_at_least_every_30_seconds_without_a_progress_bar(caplog):
+    """runner.Progress with a fake clock: a line at the first update 30 s or more after the last one, else none."""
+    import logging
+    from evolutionary_search import runner
+    now = [0.0]
+
+    class Bar:
+        def update(self, n):
+            pass
+
+        def set_postfix(self, **kw):
+            pass
+    evo = Evolution(1, 4, 2, 1, 1, 0.1, seed=0)
+    evo.start()
+    shown = runner.Progress(Bar(), clock=lambda: now[0])
+    logger = logging.getLogger('genas')
+    logger.propagate = True
+    try:
+        with caplog.at_level(logging.INFO, logger='genas'):
+            for t in (10.0, 29.9, 30.0, 45.0, 59.9, 60.1):
+                now[0] = t
+                shown.update(evo)
+    finally:
+        logger.propagate = False
+    assert [r.getMessage() for r in caplog.records] == ['generation 1: 0 candidates scored'] * 2

@@ -256,3 +256,29 @@ def test_kendall_tau_by_hand():
     assert kendall_tau([1, 1, 2], [1, 2, 3]) == pytest.approx(2 / math.sqrt(3 * 2))  # tau-b with a tie
     assert kendall_tau([3, 2, 1], [1, 2, 3]) == -1.0
     assert math.isnan(kendall_tau([2, 2, 2], [1, 2, 3]))                          # undefined: constant scores
+
+
+def test_formula_of_each_combined_metric_and_the_weight_that_reduces_it():
+    stds = [0.001, 0.003, 0.006]
+    assert M.formula('angle+wlm', 16.0, 0.0, stds) == 'angle / pi + 16 / 0.001 * wlm'
+    assert M.formula('acc+wlm', 0.5, 0.0, stds) == 'acc + 0.5 / 0.001 * wlm'
+    assert M.formula('angle+acc', 0.0, 2.0, stds) == 'angle / pi + 2 * acc'
+    assert M.formula('angle+wlm', 0.0, 5.0, stds) == 'angle / pi'          # the reference's default weight 0
+    assert M.formula('wlm', 0.0, 0.0, stds) == 'wlm'
+    assert M.reduced_to_one_term('angle+wlm', 0.0, 1.0) == 'wlm_weight'
+    assert M.reduced_to_one_term('angle+acc', 1.0, 0.0) == 'acc_weight'
+    assert M.reduced_to_one_term('angle+acc', 0.0, 1.0) is None and M.reduced_to_one_term('wlm', 0, 0) is None
+
+
+@pytest.mark.parametrize('argv, warned', [
+    (['--metric', 'angle+wlm'], '--metric angle+wlm with --wlm_weight 0 scores angle / pi alone'),
+    (['--metric', 'acc+wlm'], '--metric acc+wlm with --wlm_weight 0 scores acc alone'),
+    (['--metric', 'angle+acc', '--wlm_weight', '3'], '--metric angle+acc with --acc_weight 0 scores angle / pi'),
+    (['--metric', 'angle+wlm', '--wlm_weight', '16'], None),
+    (['--metric', 'wlm'], None),
+])
+def test_stage_2_warns_once_when_a_weight_reduces_the_metric_to_one_term(argv, warned, capsys):
+    from evolutionary_search import search
+    search.parse_args(['--model_path', 'x.pth.tar', '--init_model_path', 'y.pth.tar', *argv])
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith('warning:')]
+    assert lines == ([] if warned is None else [lines[0]]) and (warned is None or warned in lines[0])
