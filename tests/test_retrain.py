@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import genotypes as G
-from conftest import (ROOT, cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, slow_params,
-                      snapshot_dir)
+from conftest import (ROOT, TINY_RETRAIN, cli_exit_code, error_lines, kill_moments, log_lines, nonfinite_tensors,
+                      refusal_base, run_and_kill, run_script, slow_params, snapshot_dir, stage_cli)
 from retrain import retrain, retraining
+from train_supernet import train
 from spaces.darts_network import NetworkCIFAR, NetworkImageNet, drop_path
 from retrain.drawing import cell_dot, plot_genotype
 from counting import count_macs, count_parameters
@@ -22,6 +23,106 @@ from utils import read_metrics
 TINY = ['--dataset', 'synthetic', '--arch', 'DARTS_V2', '--init_channels', 8, '--layers', 3, '--batch_size', 32,
         '--learning_rate', 0.05, '--train_subset', 256, '--test_subset', 128, '--report_freq', 4, '--seed', 1,
         '--drop_path_prob', 0.2]
+
+
+@pytest.fixture(scope='module')
+def bad_input_runs(tmp_path_factory):
+    """A finished stage-3 run and a file where a directory is expected (conftest.refusal_base)."""
+    return refusal_base(tmp_path_factory.mktemp('refusals'), retrain=True)
+
+
+# the runs of the reference-checkpoint resume test below (C=8, 64 images); each gives its own --epochs
+RETRAIN = ['--dataset', 'synthetic', '--arch', 'DARTS_V2', '--init_channels', 8, '--layers', 3, '--batch_size', 32,
+           '--learning_rate', 0.05, '--train_subset', 64, '--test_subset', 32, '--seed', 1]
+
+
+def test_reference_retrain_checkpoint_resumes_at_the_next_epoch(tmp_path):
+    ours = tmp_path / 'ours'
+    retrain.main(retrain.parse_args([str(a) for a in RETRAIN + ['--epochs', 1, '--save', ours]]))
+    ck = torch.load(ours / 'checkpoint.pth.tar')
+    assert ck['epoch'] == 1                                        # ours: epochs finished
+    ref = {'epoch': 0, 'state_dict': {f'module.{k}': v for k, v in ck['state_dict'].items()},
+           'best_acc_top1': ck['best_acc_top1'], 'optimizer': ck['optimizer']}   # reference: 0-based last epoch
+    torch.save(ref, tmp_path / 'ref.pth.tar')
+    for name, path in (('from_ref', tmp_path / 'ref.pth.tar'), ('from_ours', ours / 'checkpoint.pth.tar')):
+        retrain.main(retrain.parse_args([str(a) for a in RETRAIN + ['--epochs', 3, '--resume', path,
+                                                                       '--save', tmp_path / name]]))
+        recs = read_metrics(tmp_path / name / 'metrics.jsonl')
+        factor = retraining.lr_factor(retrain.parse_args([str(a) for a in RETRAIN + ['--epochs', 3]]))
+        assert [r['epoch'] for r in recs] == [2, 3], name
+        assert recs[0]['lr'] == pytest.approx(0.05 * factor(1)) and recs[1]['lr'] == pytest.approx(0.05 * factor(2))
+
+
+def test_stages_1_and_3_run_on_16x16_images(imagenet16, tmp_path, capsys):
+    root, _ = imagenet16
+    common = ['--dataset', 'imagenet16-120', '--data', root, '--init_channels', 4, '--layers', 3, '--batch_size', 16,
+              '--seed', 0, '--epochs', 1]
+    assert cli_exit_code(train, common + ['--valid_bn_images', 16, '--save', tmp_path / 's1']) == 0
+    ckpt = torch.load(tmp_path / 's1' / 'checkpoint_epoch_1.pth.tar')
+    assert ckpt['num_classes'] == 120 and ckpt['state_dict']['classifier.weight'].shape[0] == 120
+
+    assert cli_exit_code(retrain, common + ['--arch', 'DARTS_V2', '--save', tmp_path / 's3']) == 0
+    best = torch.load(tmp_path / 's3' / 'model_best.pth.tar')
+    assert best['state_dict']['classifier.weight'].shape[0] == 120
+    assert not any(k.startswith('auxiliary_head') for k in best['state_dict'])     # off by default for 16x16
+    assert 'multiply-adds' in (tmp_path / 's3' / 'log.txt').read_text()
+    assert 'one 16x16 image' in (tmp_path / 's3' / 'log.txt').read_text()
+
+    before = snapshot_dir(tmp_path)
+    capsys.readouterr()
+    assert cli_exit_code(retrain, common + ['--arch', 'DARTS_V2', '--auxiliary', '--save', tmp_path / 's4']) == 2
+    assert '--auxiliary needs 32x32 images' in capsys.readouterr().err
+    assert snapshot_dir(tmp_path) == before
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+# (id, argv given the fixture's base folder, text the one error line must hold)
+REFUSALS = [
+    ('binary --arch stage 3', lambda b: TINY_RETRAIN + ['--arch', b / 'retrain' / 'checkpoint.pth.tar',
+                                                   '--save', b / 'out'], 'not a genotype JSON'),
+    ('--save is a file, stage 3', lambda b: TINY_RETRAIN + ['--save', b / 'afile'],
+     'is an existing file, not a directory'),
+    ('negative --auxiliary_weight', lambda b: TINY_RETRAIN + ['--auxiliary_weight', -0.4, '--save', b / 'out'],
+     '--auxiliary_weight must be >= 0'),
+    ('--evaluate a directory', lambda b: TINY_RETRAIN + ['--evaluate', b / 'retrain'],
+     'e.g. {b}/retrain/model_best.pth.tar'),
+    ('stage-3 resume with another --arch', lambda b: TINY_RETRAIN + [
+        '--arch', 'PDARTS', '--epochs', 2, '--resume', b / 'retrain'], 'was trained with --arch DARTS_V2, not PDARTS'),
+    ('stage-3 re-run over a finished run', lambda b: TINY_RETRAIN + ['--save', b / 'retrain'],
+     'already holds a run'),
+    ('stage-3 resume of a finished run', lambda b: TINY_RETRAIN + ['--resume', b / 'retrain'],
+     'already finished 1 epochs; raise --epochs to train further'),
+]
+
+
+@pytest.mark.parametrize('argv, message', [c[1:] for c in REFUSALS], ids=[c[0] for c in REFUSALS])
+def test_refused_with_one_line_and_nothing_changed(bad_input_runs, argv, message, capsys):
+    before = snapshot_dir(bad_input_runs)
+    code, err = stage_cli(retrain, argv(bad_input_runs), capsys)
+    assert code == 2, err
+    lines = error_lines(err)
+    assert len(lines) == 1 and message.format(b=bad_input_runs) in lines[0], err
+    assert snapshot_dir(bad_input_runs) == before
+    assert not (bad_input_runs / 'out').exists() and not (bad_input_runs / 'nothing').exists()
+
+
+def test_diverged_run_exits_2_and_saves_nothing_non_finite(tmp_path, capsys):
+    run = tmp_path / 'run'
+    code, err = stage_cli(retrain, TINY_RETRAIN + ['--epochs', 2, '--learning_rate', 1e5, '--save', run], capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and 'became' in lines[0] and 'lower --learning_rate' in lines[0], err
+    assert nonfinite_tensors(run) == 0
+    named = [w.rstrip(',;') for w in lines[0].split() if w.startswith(str(tmp_path))]
+    assert named and all(os.path.exists(p) for p in named), lines[0]
+
+
+def test_save_on_a_read_only_file_system(tmpfs, capsys):
+    ro = tmpfs('64k', ro=True)
+    code, err = stage_cli(retrain, TINY_RETRAIN + ['--save', ro / 'run'], capsys)
+    assert code == 2 and error_lines(err) == [
+        f'error: cannot create the run directory {ro / "run"} (Read-only file system); choose a writable --save '
+        'directory'], err
 
 
 @pytest.mark.parametrize('name, C, params, macs', [
