@@ -71,6 +71,128 @@ def assert_refused(code, err, message, before, after):
     assert after == before
 
 
+# --- the bad-input tables of the stage files --------------------------------------------------------
+
+# A 1-epoch stage-3 run (C=4, 3 cells, 64 images) whose run directory the tables refer to.
+TINY_RETRAIN = ['--dataset', 'synthetic', '--arch', 'DARTS_V2', '--init_channels', 4, '--layers', 3, '--batch_size', 32,
+                '--learning_rate', 0.05, '--train_subset', 64, '--test_subset', 32, '--report_freq', 1, '--seed', 1,
+                '--epochs', 1]
+
+
+def refusal_base(base, supernet=None, retrain=False):
+    """Fill `base` with what a bad-input table points at: base/supernet (a copy of the finished stage-1 run
+    `supernet`), base/retrain (a finished TINY_RETRAIN run), base/comments.txt (only comments) and base/afile (a
+    file where a directory is expected). Returns base."""
+    import shutil
+    if supernet is not None:
+        shutil.copytree(supernet, base / 'supernet')
+    if retrain:
+        from retrain import retrain as stage3
+        assert cli_exit_code(stage3, TINY_RETRAIN + ['--save', base / 'retrain']) == 0
+    (base / 'comments.txt').write_text('# only a comment\n\n   # another\n')
+    (base / 'afile').write_text('not a directory\n')
+    return base
+
+
+def stage_cli(module, argv, capsys):
+    """(exit status, stderr) of a stage CLI run in this process."""
+    code = cli_exit_code(module, [str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def error_lines(err):
+    return [ln for ln in err.splitlines() if ln.startswith('error:')]
+
+
+def nonfinite_tensors(run):
+    """How many floating-point tensors of the *.pth.tar files of `run` hold a NaN or an infinity."""
+    import torch
+    bad = 0
+    for p in Path(run).glob('*.pth.tar'):
+        state = torch.load(p, weights_only=True)['state_dict']
+        bad += sum(1 for t in state.values() if t.is_floating_point() and not torch.isfinite(t).all())
+    return bad
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size, ro=False) -> a fresh tmpfs of that size; skipped where mounting is not allowed."""
+    mounted = []
+
+    def mount(size, ro=False):
+        point = tmp_path / f'fs{len(mounted)}'
+        point.mkdir()
+        opts = f'size={size}' + (',ro' if ro else '')
+        proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', opts, 'tmpfs', str(point)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f'cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}')
+        mounted.append(point)
+        return point
+    yield mount
+    for point in mounted:
+        subprocess.run(['umount', '-l', str(point)], capture_output=True)
+
+
+# --- data in the formats of the reference's datasets ----------------------------------------------------
+
+def split_file_halves(name):
+    """(train indices, valid indices) of a shipped NAS-Bench-201 split file, in the file's order."""
+    import json
+    import data
+    doc = json.loads((data.SPLITS_DIR / name).read_text())
+    return [int(i) for i in doc['train'][1]], [int(i) for i in doc['valid'][1]]
+
+
+IMAGENET16_PER_FILE = 24
+
+
+def imagenet16_entry(seed, n):
+    """n images whose pixel value encodes (image, channel), labels 1..1000 with some above 120."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(1, 1001, n)
+    labels[: n // 2] = rng.integers(1, 121, n // 2)                     # at least half kept
+    pix = np.zeros((n, 3, 16, 16), dtype=np.uint8)
+    for i in range(n):
+        for c in range(3):
+            pix[i, c] = (7 * i + 60 * c + seed) % 256
+    return {'data': pix.reshape(n, -1), 'labels': labels.tolist(), 'mean': np.zeros(768)}
+
+
+@pytest.fixture
+def imagenet16(tmp_path):
+    """ImageNet16-120 (NAS-Bench-201's 16x16 downsampled ImageNet) in its pickle format: (root, {file: entry})."""
+    import pickle
+    root = tmp_path / 'ImageNet16'
+    root.mkdir()
+    entries = {}
+    for name, seed in [(f'train_data_batch_{i}', i) for i in range(1, 11)] + [('val_data', 99)]:
+        entries[name] = imagenet16_entry(seed, IMAGENET16_PER_FILE)
+        with open(root / name, 'wb') as f:
+            pickle.dump(entries[name], f)
+    return root, entries
+
+
+# --- torchrun on the CPU (gloo) -------------------------------------------------------------------------
+
+def torchrun(script, *args, nproc=2):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONHASHSEED='0')
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}',
+                           str(ROOT / script), *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope='session')
+def ddp_supernet(tmp_path_factory):
+    """A 1-epoch stage-1 run of two processes (batch 16 each: the global batch of TINY_SUPERNETS['darts'])."""
+    run = tmp_path_factory.mktemp('ddp') / 'supernet'
+    torchrun('train_supernet/train.py', '--dataset', 'synthetic', '--init_channels', 4, '--layers', 3,
+             '--batch_size', 16, '--train_subset', 128, '--valid_subset', 64, '--valid_bn_images', 32, '--epochs', 1,
+             '--seed', 1, '--save', run, '--device', 'cpu')
+    return run
+
+
 def run_script(script, *args, cwd=None, env_extra=None, check=True):
     """Run a stage CLI (path relative to the repo root) in a fresh Python process."""
     env = dict(os.environ, PYTHONHASHSEED='0', OMP_NUM_THREADS=os.environ.get('OMP_NUM_THREADS', '2'))

@@ -71,3 +71,13 @@ def test_precision_tau_on_a_tiny_supernet(tmp_path):
     fp32, bf16 = out['results']['fp32'], out['results']['bf16']
     assert fp32['kendall_tau_vs_fp32'] == 1.0 and fp32['max_relative_score_change'] == 0.0    # fp32 vs itself
     assert -1.0 <= bf16['kendall_tau_vs_fp32'] <= 1.0 and 0.0 < bf16['max_relative_score_change'] < 0.1
+
+
+@NO_GPU
+def test_bench_search_ranks_checks_its_arguments_without_a_gpu():
+    """The GPU benchmark of ranks per GPU (run it where a GPU is lent) fails here with one line, as does a bad
+    list of process counts."""
+    for argv, message in ((['--search_ranks', '1,2,4'], 'no CUDA device is visible'),
+                          (['--search_ranks', '0,2', '--device', 'cpu'], 'process counts such as 1,2,4')):
+        proc = run_script('benchmarks/bench.py', *argv, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

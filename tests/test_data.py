@@ -1,5 +1,7 @@
+import argparse
 import dataclasses
 import gzip
+import pickle
 import shutil
 
 import pytest
@@ -7,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import data as D
+from conftest import imagenet16_entry, split_file_halves
 from utils import UserError
 
 
@@ -175,3 +178,87 @@ def test_resident_data_gives_the_same_batches():
                       memory_format=torch.channels_last)
     for (x1, y1), (x2, y2) in zip(a, b):
         assert torch.equal(x1, x2) and torch.equal(y1, y2) and x2.is_contiguous(memory_format=torch.channels_last)
+
+
+# --- the NAS-Bench-201 CIFAR split files ------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['cifar-split.txt', 'cifar100-split.txt'])
+def test_shipped_split_files_are_disjoint_halves(name):
+    tr, va = split_file_halves(name)
+    assert len(tr) == len(va) == 25000 and not set(tr) & set(va) and set(tr) | set(va) == set(range(50000))
+
+
+def _ns(**kw):
+    base = dict(dataset='cifar10', split_data=1, split=None, split_file=None, split_seed=None, train_portion=None)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_resolve_split_defaults_and_requests():
+    assert D.resolve_split(_ns()).path.endswith('splits/cifar-split.txt')
+    assert D.resolve_split(_ns(dataset='cifar100')).path.endswith('splits/cifar100-split.txt')
+    assert D.resolve_split(_ns(train_portion=0.5)).kind == 'nb201'        # the reference passes 0.5: no change
+    assert D.resolve_split(_ns(dataset='synthetic')).kind == 'seeded'
+    assert D.resolve_split(_ns(split_seed=3)) == D.Split('seeded', seed=3, portion=0.5)
+    assert D.resolve_split(_ns(split='seeded', train_portion=0.8)) == D.Split('seeded', seed=0, portion=0.8)
+    assert D.resolve_split(_ns(split_data=0)).kind == 'none'
+    with pytest.raises(D.UserError, match='add --split seeded'):
+        D.resolve_split(_ns(train_portion=0.8))
+    with pytest.raises(D.UserError, match='cifar10 and cifar100 only'):
+        D.resolve_split(_ns(dataset='synthetic', split='nb201'))
+
+
+def test_random_labels_leave_the_valid_half_true():
+    args = argparse.Namespace(dataset='synthetic', data=None, download=False, split_data=1, split='seeded',
+                              train_portion=0.5, split_seed=0, split_file=None, train_subset=0, valid_subset=0,
+                              random_label=1)
+    d = D.load_search_data(args)
+    true = D.load_arrays('synthetic').labels
+    assert torch.equal(d.valid.labels[d.valid_idx], true[d.valid_idx])
+    assert (d.train.labels[d.train_idx] == true[d.train_idx]).float().mean() < 0.3
+    assert d.valid.images is d.train.images                              # one copy of the images
+
+
+# --- ImageNet16-120 (NAS-Bench-201's 16x16 downsampled ImageNet, 120 classes) in its pickle format ------
+
+def test_layout_class_filter_and_crop_padding(imagenet16):
+    root, entries = imagenet16
+    val = D.load_arrays('imagenet16-120', root, train=False)
+    e = entries['val_data']
+    keep = [i for i, label in enumerate(e['labels']) if label <= 120]
+    assert val.images.shape == (len(keep), 3, 16, 16) and val.images.dtype == torch.uint8
+    assert val.labels.tolist() == [e['labels'][i] - 1 for i in keep]          # 1-based -> 0..119
+    for k, i in enumerate(keep):                                               # channel-major rows
+        for c in range(3):
+            assert (val.images[k, c] == (7 * i + 60 * c + 99) % 256).all()
+    train_set = D.load_arrays('imagenet16-120', root, train=True)
+    n_train = sum(sum(label <= 120 for label in entries[f'train_data_batch_{i}']['labels']) for i in range(1, 11))
+    assert len(train_set) == n_train and train_set.num_classes == 120 and train_set.crop_pad == 2
+    assert 0 <= train_set.labels.min() and train_set.labels.max() < 120
+
+    # Augmented batches are windows of the image zero-padded by 2 (NAS-Bench-201), never by 4.
+    ones = D.ArrayData(torch.full((256, 3, 16, 16), 200, dtype=torch.uint8), torch.zeros(256, dtype=torch.long),
+                       120, (0.0,) * 3, (1.0,) * 3, crop_pad=2)
+    x, _ = next(iter(D.BatchLoader(ones, torch.arange(256), 256, 'cpu', shuffle=True, augment=True)))
+    zero_rows = (x[:, 0] == 0).all(dim=2).sum(dim=1)                          # padded rows per image
+    zero_cols = (x[:, 0] == 0).all(dim=1).sum(dim=1)
+    assert zero_rows.max() == 2 and zero_cols.max() == 2 and (zero_rows == 0).any()
+
+
+def test_missing_corrupt_or_unsafe_files(imagenet16, tmp_path):
+    root, _ = imagenet16
+    (root / 'val_data').unlink()
+    with pytest.raises(UserError, match='val_data not found'):
+        D.load_arrays('imagenet16-120', root, train=False)
+    (root / 'val_data').write_bytes(pickle.dumps(imagenet16_entry(1, 8))[:300])          # truncated
+    with pytest.raises(UserError, match='truncated or corrupted'):
+        D.load_arrays('imagenet16-120', root, train=False)
+
+    marker = tmp_path / 'ran'
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), 'w'))
+    (root / 'val_data').write_bytes(pickle.dumps({'data': Evil(), 'labels': [1]}))
+    with pytest.raises(UserError, match='not allowed'):
+        D.load_arrays('imagenet16-120', root, train=False)
+    assert not marker.exists()                                                 # the file ran no code

@@ -6,15 +6,15 @@ import pytest
 import genotypes as G
 from genotypes import GenotypeError
 
-# SPEC section 2 (candidates) and section 7 (op:input lists), typed in independently of genotypes.py.
-SPEC_CANDIDATES = {
+# The published cells, as candidates (14 + 14 integers) and as op:input lists, typed in independently of genotypes.py.
+PUBLISHED_CANDIDATES = {
     'GENAS_FLATNESS_CIFAR10': '3,6,0,4,4,0,6,6,0,0,0,0,4,3, 5,2,0,6,4,0,3,0,6,0,0,5,0,7',
     'GENAS_ANGLE_FLATNESS_CIFAR10': '5,4,4,4,0,4,5,0,0,4,0,0,0,4, 7,7,2,3,0,4,1,0,0,0,0,0,5,6',
     'GENAS_FLATNESS_CIFAR100': '3,5,0,4,4,0,0,4,5,0,4,0,0,7, 6,3,2,0,5,0,5,0,7,0,1,1,0,0',
     'GENAS_ANGLE_FLATNESS_CIFAR100': '3,5,1,4,0,0,4,0,4,0,4,0,0,5, 6,4,0,7,2,1,3,0,0,0,4,0,0,7',
     'RLDARTS_OURS_GT': '5,5,2,5,0,4,4,0,0,0,4,0,0,4, 3,3,0,3,2,3,7,0,0,3,0,0,0,4',
 }
-SPEC_LISTS = {
+PUBLISHED_LISTS = {
     'GENAS_ANGLE_FLATNESS_CIFAR10': (
         'sep_conv_5x5:0 sep_conv_3x3:1 sep_conv_3x3:0 sep_conv_3x3:1 sep_conv_3x3:0 sep_conv_5x5:1 sep_conv_3x3:0 sep_conv_3x3:4',
         'dil_conv_5x5:0 dil_conv_5x5:1 avg_pool_3x3:0 skip_connect:1 sep_conv_3x3:0 max_pool_3x3:1 sep_conv_5x5:3 dil_conv_3x3:4'),
@@ -37,7 +37,7 @@ def _pairs(text):
     return [(op, int(i)) for op, i in (p.split(':') for p in text.split())]
 
 
-def test_primitives_in_spec_order():
+def test_primitives_in_the_reference_order():
     assert G.PRIMITIVES == ['none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3',
                             'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5']
 
@@ -58,16 +58,16 @@ def test_repair_makes_random_candidates_valid_and_roundtrips():
 
 
 def test_decode_lists_ops_in_edge_order():
-    cand = G.parse_candidate(SPEC_CANDIDATES['GENAS_FLATNESS_CIFAR10'])
+    cand = G.parse_candidate(PUBLISHED_CANDIDATES['GENAS_FLATNESS_CIFAR10'])
     g = G.decode(cand)
     assert g.normal[:4] == [('skip_connect', 0), ('dil_conv_3x3', 1), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2)]
     assert g.normal_concat == [2, 3, 4, 5] and g.reduce_concat == [2, 3, 4, 5]
 
 
-@pytest.mark.parametrize('name', sorted(SPEC_LISTS))
-def test_spec_candidates_decode_to_spec_lists(name):
-    g = G.decode(G.parse_candidate(SPEC_CANDIDATES[name]))
-    normal, reduce = SPEC_LISTS[name]
+@pytest.mark.parametrize('name', sorted(PUBLISHED_LISTS))
+def test_published_candidates_decode_to_the_published_lists(name):
+    g = G.decode(G.parse_candidate(PUBLISHED_CANDIDATES[name]))
+    normal, reduce = PUBLISHED_LISTS[name]
     assert g.normal == _pairs(normal) and g.reduce == _pairs(reduce)
     assert g == G.GENOTYPES[name]
     assert getattr(G, name) == g          # module-level constant, as in the reference
@@ -93,7 +93,7 @@ def test_unknown_name_lists_known_ones():
 
 
 def test_invalid_candidate_names_the_problem():
-    cand = G.parse_candidate(SPEC_CANDIDATES['GENAS_FLATNESS_CIFAR10'])
+    cand = G.parse_candidate(PUBLISHED_CANDIDATES['GENAS_FLATNESS_CIFAR10'])
     cand[4] = 0                      # node 1 of the normal cell now has one input
     with pytest.raises(GenotypeError, match=r'normal cell: node 1 .* has 1 non-none'):
         G.check_valid(cand)
@@ -155,6 +155,6 @@ def test_candidate_and_genotype_must_agree(tmp_path):
 
 
 def test_candidate_only_file(tmp_path):
-    cand = G.parse_candidate(SPEC_CANDIDATES['GENAS_FLATNESS_CIFAR100'])
+    cand = G.parse_candidate(PUBLISHED_CANDIDATES['GENAS_FLATNESS_CIFAR100'])
     (tmp_path / 'c.json').write_text(json.dumps({'candidate': cand}))
     assert G.load_genotype(tmp_path / 'c.json') == G.GENAS_FLATNESS_CIFAR100

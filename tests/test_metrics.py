@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import genotypes as G
-from data import ArrayData, SearchData, load_search_data
+from data import ArrayData, SearchData, load_search_data, synthetic_arrays
 from evolutionary_search import metrics as M
 from spaces.darts import angle_vector, cell_paths
 from spaces.darts_supernet import Network
@@ -282,3 +282,14 @@ def test_stage_2_warns_once_when_a_weight_reduces_the_metric_to_one_term(argv, w
     search.parse_args(['--model_path', 'x.pth.tar', '--init_model_path', 'y.pth.tar', *argv])
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith('warning:')]
     assert lines == ([] if warned is None else [lines[0]]) and (warned is None or warned in lines[0])
+def test_bn_images_per_candidate_are_a_function_of_the_candidate():
+    data = SearchData(synthetic_arrays(256), torch.arange(128), synthetic_arrays(256), torch.arange(128, 256), 10)
+    a, b = [0] * 28, [1] * 28
+
+    def first(ctx, cand):
+        return next(iter(M.bn_batches(ctx, 32, cand)))[0]
+    shared = M.ScoringContext(model=None, init_model=None, data=data, device=torch.device('cpu'), seed=3,
+                              batch_size=32)
+    per = M.ScoringContext(**{**shared.__dict__, 'bn_per_candidate': True})
+    assert torch.equal(first(shared, a), first(shared, b))
+    assert torch.equal(first(per, a), first(per, a)) and not torch.equal(first(per, a), first(per, b))

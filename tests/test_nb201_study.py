@@ -17,7 +17,6 @@ from proxy_study.cells import select_cells
 from proxy_study.records import read_scores
 from spaces import get_space, nb201
 from spaces.nb201_truth import SHIPPED
-from train_supernet import train
 
 needs_nats = pytest.mark.skipif(importlib.util.find_spec('nats_bench') is None,
                                 reason='reading the NATS-Bench folder needs pip nats_bench')
@@ -31,16 +30,11 @@ ACC = {'cifar10': [85.86, 91.58, 88.79], 'cifar100': [52.91, 67.61, 62.14], 'Ima
 SPLIT = {'cifar10': 'ori-test', 'cifar100': 'x-test', 'ImageNet16-120': 'x-test'}
 NO_RECORD = '3,3,4,1,3,1'                   # benchmark index 1: not in the test folder
 METRICS = 'angle,acc,wlm,synflow'            # the supernet's weights, its BN / loss, a stand-alone network
-TINY_SUPERNET = ['--space', 'nb201', '--dataset', 'synthetic', '--init_channels', 4, '--layers', 1,
-                 '--batch_size', 32, '--train_subset', 128, '--valid_subset', 64, '--valid_bn_images', 32,
-                 '--seed', 1, '--epochs', 1, '--device', 'cpu']
 
 
 @pytest.fixture(scope='module')
-def supernet(tmp_path_factory):
-    run = tmp_path_factory.mktemp('nb201study') / 'supernet'
-    train.main(train.parse_args([str(a) for a in TINY_SUPERNET + ['--save', run]]))
-    return run
+def supernet(tiny_supernet):
+    return tiny_supernet('nb201')
 
 
 def argv(supernet, save, *extra, truth=('--bench_dir', FAKE)):

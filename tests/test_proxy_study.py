@@ -2,6 +2,7 @@
 scores of every metric, the report, and one-line errors for bad input."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,8 +10,11 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
-from conftest import ROOT, cli_exit_code, run_script, snapshot_dir
+import genotypes as G
+
+from conftest import ROOT, assert_refused, cli_exit_code, run_script, snapshot_dir
 from proxy_study import ground_truth, report, scores, stats
 from proxy_study.cells import sample_cells
 from proxy_study.records import read_ground_truth, read_scores
@@ -183,12 +187,6 @@ def test_changed_protocol_is_refused(gt_run, capsys):
 
 
 # --- bad input, table by kind: exit 2, one error line, every file that was there unchanged ----------------------
-import shutil  # noqa: E402
-
-import torch  # noqa: E402
-
-import genotypes as G  # noqa: E402
-from conftest import assert_refused  # noqa: E402
 
 CELLS = [G.encode(g) for g in (G.DARTS_V2, G.PDARTS, G.PC_DARTS)]
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import genotypes as G
-from conftest import (ROOT, cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, slow_params,
-                      snapshot_dir)
+from conftest import (ROOT, TINY_RETRAIN, cli_exit_code, error_lines, kill_moments, log_lines, nonfinite_tensors,
+                      refusal_base, run_and_kill, run_script, slow_params, snapshot_dir, stage_cli)
 from retrain import retrain, retraining
+from train_supernet import train
 from spaces.darts_network import NetworkCIFAR, NetworkImageNet, drop_path
 from retrain.drawing import cell_dot, plot_genotype
 from counting import count_macs, count_parameters
@@ -22,6 +23,106 @@ from utils import read_metrics
 TINY = ['--dataset', 'synthetic', '--arch', 'DARTS_V2', '--init_channels', 8, '--layers', 3, '--batch_size', 32,
         '--learning_rate', 0.05, '--train_subset', 256, '--test_subset', 128, '--report_freq', 4, '--seed', 1,
         '--drop_path_prob', 0.2]
+
+
+@pytest.fixture(scope='module')
+def bad_input_runs(tmp_path_factory):
+    """A finished stage-3 run and a file where a directory is expected (conftest.refusal_base)."""
+    return refusal_base(tmp_path_factory.mktemp('refusals'), retrain=True)
+
+
+# the runs of the reference-checkpoint resume test below (C=8, 64 images); each gives its own --epochs
+RETRAIN = ['--dataset', 'synthetic', '--arch', 'DARTS_V2', '--init_channels', 8, '--layers', 3, '--batch_size', 32,
+           '--learning_rate', 0.05, '--train_subset', 64, '--test_subset', 32, '--seed', 1]
+
+
+def test_reference_retrain_checkpoint_resumes_at_the_next_epoch(tmp_path):
+    ours = tmp_path / 'ours'
+    retrain.main(retrain.parse_args([str(a) for a in RETRAIN + ['--epochs', 1, '--save', ours]]))
+    ck = torch.load(ours / 'checkpoint.pth.tar')
+    assert ck['epoch'] == 1                                        # ours: epochs finished
+    ref = {'epoch': 0, 'state_dict': {f'module.{k}': v for k, v in ck['state_dict'].items()},
+           'best_acc_top1': ck['best_acc_top1'], 'optimizer': ck['optimizer']}   # reference: 0-based last epoch
+    torch.save(ref, tmp_path / 'ref.pth.tar')
+    for name, path in (('from_ref', tmp_path / 'ref.pth.tar'), ('from_ours', ours / 'checkpoint.pth.tar')):
+        retrain.main(retrain.parse_args([str(a) for a in RETRAIN + ['--epochs', 3, '--resume', path,
+                                                                       '--save', tmp_path / name]]))
+        recs = read_metrics(tmp_path / name / 'metrics.jsonl')
+        factor = retraining.lr_factor(retrain.parse_args([str(a) for a in RETRAIN + ['--epochs', 3]]))
+        assert [r['epoch'] for r in recs] == [2, 3], name
+        assert recs[0]['lr'] == pytest.approx(0.05 * factor(1)) and recs[1]['lr'] == pytest.approx(0.05 * factor(2))
+
+
+def test_stages_1_and_3_run_on_16x16_images(imagenet16, tmp_path, capsys):
+    root, _ = imagenet16
+    common = ['--dataset', 'imagenet16-120', '--data', root, '--init_channels', 4, '--layers', 3, '--batch_size', 16,
+              '--seed', 0, '--epochs', 1]
+    assert cli_exit_code(train, common + ['--valid_bn_images', 16, '--save', tmp_path / 's1']) == 0
+    ckpt = torch.load(tmp_path / 's1' / 'checkpoint_epoch_1.pth.tar')
+    assert ckpt['num_classes'] == 120 and ckpt['state_dict']['classifier.weight'].shape[0] == 120
+
+    assert cli_exit_code(retrain, common + ['--arch', 'DARTS_V2', '--save', tmp_path / 's3']) == 0
+    best = torch.load(tmp_path / 's3' / 'model_best.pth.tar')
+    assert best['state_dict']['classifier.weight'].shape[0] == 120
+    assert not any(k.startswith('auxiliary_head') for k in best['state_dict'])     # off by default for 16x16
+    assert 'multiply-adds' in (tmp_path / 's3' / 'log.txt').read_text()
+    assert 'one 16x16 image' in (tmp_path / 's3' / 'log.txt').read_text()
+
+    before = snapshot_dir(tmp_path)
+    capsys.readouterr()
+    assert cli_exit_code(retrain, common + ['--arch', 'DARTS_V2', '--auxiliary', '--save', tmp_path / 's4']) == 2
+    assert '--auxiliary needs 32x32 images' in capsys.readouterr().err
+    assert snapshot_dir(tmp_path) == before
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+
+# (id, argv given the fixture's base folder, text the one error line must hold)
+REFUSALS = [
+    ('binary --arch stage 3', lambda b: TINY_RETRAIN + ['--arch', b / 'retrain' / 'checkpoint.pth.tar',
+                                                   '--save', b / 'out'], 'not a genotype JSON'),
+    ('--save is a file, stage 3', lambda b: TINY_RETRAIN + ['--save', b / 'afile'],
+     'is an existing file, not a directory'),
+    ('negative --auxiliary_weight', lambda b: TINY_RETRAIN + ['--auxiliary_weight', -0.4, '--save', b / 'out'],
+     '--auxiliary_weight must be >= 0'),
+    ('--evaluate a directory', lambda b: TINY_RETRAIN + ['--evaluate', b / 'retrain'],
+     'e.g. {b}/retrain/model_best.pth.tar'),
+    ('stage-3 resume with another --arch', lambda b: TINY_RETRAIN + [
+        '--arch', 'PDARTS', '--epochs', 2, '--resume', b / 'retrain'], 'was trained with --arch DARTS_V2, not PDARTS'),
+    ('stage-3 re-run over a finished run', lambda b: TINY_RETRAIN + ['--save', b / 'retrain'],
+     'already holds a run'),
+    ('stage-3 resume of a finished run', lambda b: TINY_RETRAIN + ['--resume', b / 'retrain'],
+     'already finished 1 epochs; raise --epochs to train further'),
+]
+
+
+@pytest.mark.parametrize('argv, message', [c[1:] for c in REFUSALS], ids=[c[0] for c in REFUSALS])
+def test_refused_with_one_line_and_nothing_changed(bad_input_runs, argv, message, capsys):
+    before = snapshot_dir(bad_input_runs)
+    code, err = stage_cli(retrain, argv(bad_input_runs), capsys)
+    assert code == 2, err
+    lines = error_lines(err)
+    assert len(lines) == 1 and message.format(b=bad_input_runs) in lines[0], err
+    assert snapshot_dir(bad_input_runs) == before
+    assert not (bad_input_runs / 'out').exists() and not (bad_input_runs / 'nothing').exists()
+
+
+def test_diverged_run_exits_2_and_saves_nothing_non_finite(tmp_path, capsys):
+    run = tmp_path / 'run'
+    code, err = stage_cli(retrain, TINY_RETRAIN + ['--epochs', 2, '--learning_rate', 1e5, '--save', run], capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and 'became' in lines[0] and 'lower --learning_rate' in lines[0], err
+    assert nonfinite_tensors(run) == 0
+    named = [w.rstrip(',;') for w in lines[0].split() if w.startswith(str(tmp_path))]
+    assert named and all(os.path.exists(p) for p in named), lines[0]
+
+
+def test_save_on_a_read_only_file_system(tmpfs, capsys):
+    ro = tmpfs('64k', ro=True)
+    code, err = stage_cli(retrain, TINY_RETRAIN + ['--save', ro / 'run'], capsys)
+    assert code == 2 and error_lines(err) == [
+        f'error: cannot create the run directory {ro / "run"} (Read-only file system); choose a writable --save '
+        'directory'], err
 
 
 @pytest.mark.parametrize('name, C, params, macs', [
@@ -346,73 +447,6 @@ def test_torchrun_compiled_run_saves_plain_keys_that_evaluate_alike(tmp_path):
     assert result['val_images'] == rec['val_images'] == 128
     assert result['val_loss'] == pytest.approx(rec['val_loss'], rel=1e-4)
     assert abs(result['val_top1'] - rec['val_top1']) <= 1 / 128          # at most one image on a near tie
-
-
-def _hand_epoch(model, batches, lr, loss_of, forward_args=lambda: ()):
-    """Mean loss and top-1 of one epoch of plain SGD steps (clip 5) written out here, without the shared loop."""
-    opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9)
-    loss_sum, correct, seen = 0.0, 0, 0
-    model.train()
-    for x, y in batches:
-        opt.zero_grad()
-        out = model(x, *forward_args())
-        logits = out[0] if isinstance(out, tuple) else out
-        loss = loss_of(out, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        loss_sum += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        seen += len(y)
-    return loss_sum / seen, correct / seen
-
-
-def test_both_stages_train_their_epochs_through_the_one_shared_loop(monkeypatch):
-    """Stage 1's and stage 3's epoch functions both run training.train_epoch, and what it returns is the mean
-    loss and top-1 of the steps, accumulated here by hand on copies of the models."""
-    import copy
-    import random
-    import training
-    from data import BatchLoader, synthetic_arrays
-    from distributed import Dist
-    from retrain import train_loop
-    from spaces import get_space
-    from spaces.darts_supernet import Network
-    from train_supernet import supernet_training
-    assert supernet_training.train_epoch is training.train_epoch is train_loop.train_epoch
-    calls = []
-    spy = lambda *a, **k: calls.append(training.train_epoch(*a, **k)) or calls[-1]      # noqa: E731
-    monkeypatch.setattr(supernet_training, 'train_epoch', spy)
-    monkeypatch.setattr(train_loop, 'train_epoch', spy)
-    cpu, ce, space = torch.device('cpu'), torch.nn.functional.cross_entropy, get_space('darts')
-    arrays = synthetic_arrays(96)
-    loader = BatchLoader(arrays, torch.arange(96), 32, cpu, shuffle=True, seed=4)     # the same batches each time
-    scaler = torch.amp.GradScaler('cpu', enabled=False)
-
-    torch.manual_seed(0)
-    supernet = Network(4, 10, 3)
-    hand_net, rng = copy.deepcopy(supernet), random.Random(5)
-    expected = _hand_epoch(hand_net, list(loader), 0.05, lambda out, y: ce(out, y),
-                           lambda: space.forward_args(space.random_candidate(rng)))
-    opt = torch.optim.SGD(supernet.parameters(), 0.05, momentum=0.9)
-    out = supernet_training.train_supernet_epoch(
-        supernet, loader, opt, scaler, torch.nn.CrossEntropyLoss(), random.Random(5), space,
-        training.StepConfig(5.0), training.EpochConfig(0, 1, 2, 'fix'), Dist.single(), cpu)
-    assert (out.loss, out.acc, out.images) == (pytest.approx(expected[0], rel=1e-6), expected[1], 96)
-
-    torch.manual_seed(0)
-    network = NetworkCIFAR(8, 10, 3, True, G.DARTS_V2)
-    network.drop_path_prob = 0.0
-    expected = _hand_epoch(copy.deepcopy(network), list(loader), 0.05,
-                           lambda out, y: ce(out[0], y) + 0.4 * ce(out[1], y))
-    protocol = train_loop.Protocol(epochs=1, learning_rate=0.05, momentum=0.9, auxiliary_weight=0.4,
-                                   report_freq=2, channels_last=False)
-    opt = torch.optim.SGD(network.parameters(), 0.05, momentum=0.9)
-    rec = train_loop.train_one_epoch(network, loader, opt, scaler, torch.nn.CrossEntropyLoss(), protocol, 0, 'fix',
-                                     Dist.single(), cpu)
-    assert (rec['train_loss'], rec['train_acc'], rec['train_images']) == (
-        pytest.approx(expected[0], rel=1e-6), expected[1], 96)
-    assert len(calls) == 2
 
 
 def test_drop_path_probability_grows_from_zero_one_epoch_at_a_time(tmp_path, capsys):

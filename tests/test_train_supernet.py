@@ -1,10 +1,17 @@
 """Stage 1 through its CLI: exact resume, checkpoints, bad input, and real data."""
 import json
+import os
+import random
+import shutil
 
 import pytest
 import torch
 
-from conftest import cli_exit_code, kill_moments, log_lines, run_and_kill, run_script, slow_params, snapshot_dir
+import checkpoints
+import utils
+from conftest import (TINY_SUPERNETS, cli_exit_code, error_lines, kill_moments, log_lines, nonfinite_tensors,
+                      refusal_base, run_and_kill, run_script, slow_params, snapshot_dir, stage_cli)
+from spaces import get_space
 from train_supernet import heap, supernet_training, train
 from spaces.darts_supernet import Network
 from training import StepConfig
@@ -26,6 +33,152 @@ def straight(tmp_path_factory):
     run = tmp_path_factory.mktemp('straight') / 'run'
     run_script('train_supernet/train.py', *TINY, '--epochs', 3, '--save', run)
     return run
+
+
+# The flags of conftest's tiny darts supernet: a re-run or a resume of a copy of it is the same run.
+SUPERNET = [*TINY_SUPERNETS['darts'], '--report_freq', 1]
+
+
+@pytest.fixture(scope='module')
+def bad_input_runs(tmp_path_factory, tiny_supernet):
+    """A copy of the finished tiny supernet and a file where a directory is expected (conftest.refusal_base)."""
+    return refusal_base(tmp_path_factory.mktemp('refusals'), supernet=tiny_supernet('darts'))
+
+
+@pytest.fixture(scope='module')
+def nb201_supernet(tiny_supernet):
+    return tiny_supernet('nb201')
+
+
+# --- NAS-Bench-201 supernets ----------------------------------------------------------------------------
+
+def test_stage1_writes_an_nb201_supernet(nb201_supernet):
+    ckpt = torch.load(nb201_supernet / 'checkpoint_epoch_1.pth.tar', weights_only=True)
+    assert ckpt['space'] == 'nb201' and ckpt['layers'] == 1 and ckpt['init_channels'] == 4
+    keys = ckpt['state_dict']
+    assert 'cells.0.edges.5.ops.3.op.1.weight' in keys and 'cells.1.downsample.1.weight' in keys
+    assert keys['classifier.weight'].shape == (10, 16)             # 4C channels at the head
+    init = torch.load(nb201_supernet / 'checkpoint_epoch_0.pth.tar', weights_only=True)['state_dict']
+    assert not torch.equal(init['stem.0.weight'], keys['stem.0.weight'])     # it trained
+
+
+def test_layers_default_depends_on_the_space():
+    assert train.parse_args(['--space', 'nb201']).layers == 5
+    assert train.parse_args([]).layers == 8 and train.parse_args([]).space == 'darts'
+
+
+# --- two processes (torchrun) --------------------------------------------------------------------------
+
+def sampled_path_parameters(seed, steps, C, layers):
+    """Names of the supernet parameters on the first `steps` paths stage 1 draws with --seed."""
+    space, rng = get_space('darts'), random.Random(seed)
+    net = space.build_supernet(C, 10, layers)
+    names = {id(p): n for n, p in net.named_parameters()}
+    return {names[id(p)] for _ in range(steps) for p in net.path_parameters(space.random_candidate(rng))}
+
+
+@pytest.mark.slow
+def test_two_process_supernet_training(ddp_supernet):
+    assert sorted(p.name for p in ddp_supernet.glob('*.pth.tar')) == [
+        'checkpoint_epoch_0.pth.tar', 'checkpoint_epoch_1.pth.tar', 'last.pth.tar']
+    log = (ddp_supernet / 'log.txt').read_text()
+    assert log.count('epoch 1/1') == 1 and '2 process(es)' in log and 'global batch 32' in log
+    recs = read_metrics(ddp_supernet / 'metrics.jsonl')
+    assert len(recs) == 1 and recs[0]['epoch'] == 1
+    ck = torch.load(ddp_supernet / 'checkpoint_epoch_1.pth.tar')
+    assert not any(k.startswith('module.') for k in ck['state_dict'])     # saved from the unwrapped model
+    # both ranks sampled the same paths: DDP gives a gradient to every parameter some rank used, so the
+    # parameters that ever got one are exactly those of the 4 paths (128 images / 2 ranks / batch 16) that
+    # random.Random(--seed) draws; a rank drawing other paths would add its ops' parameters
+    last = torch.load(ddp_supernet / 'last.pth.tar')
+    assert set(last['grad_mask']) == sampled_path_parameters(seed=1, steps=4, C=4, layers=3)
+
+
+# --- bad input, interrupted runs, a full disk ----------------------------------------------------------
+
+# (id, argv given the fixture's base folder, text the one error line must hold)
+REFUSALS = [
+    ('--save is a file, stage 1', lambda b: SUPERNET + ['--epochs', 1, '--save', b / 'afile'],
+     'is an existing file, not a directory'),
+    ('stage-1 re-run over a finished run', lambda b: SUPERNET + ['--epochs', 2, '--save', b / 'supernet'],
+     'already holds a run'),
+    ('--resume of a missing run', lambda b: SUPERNET + ['--epochs', 2, '--resume', b / 'nothing'],
+     'does not exist'),
+    ('stage-1 resume of a finished run', lambda b: SUPERNET + ['--epochs', 1, '--resume', b / 'supernet'],
+     'already finished 1 epochs; raise --epochs to train further'),
+]
+
+
+@pytest.mark.parametrize('argv, message', [c[1:] for c in REFUSALS], ids=[c[0] for c in REFUSALS])
+def test_refused_with_one_line_and_nothing_changed(bad_input_runs, argv, message, capsys):
+    before = snapshot_dir(bad_input_runs)
+    code, err = stage_cli(train, argv(bad_input_runs), capsys)
+    assert code == 2, err
+    lines = error_lines(err)
+    assert len(lines) == 1 and message.format(b=bad_input_runs) in lines[0], err
+    assert snapshot_dir(bad_input_runs) == before
+    assert not (bad_input_runs / 'out').exists() and not (bad_input_runs / 'nothing').exists()
+
+
+def copy_run(src, dst, drop=()):
+    shutil.copytree(src, dst)
+    for name in drop:
+        (dst / name).unlink()
+    return dst
+
+
+def test_stage1_resume_under_another_world_size_is_refused_unless_asked(bad_input_runs, tmp_path, capsys):
+    run = copy_run(bad_input_runs / 'supernet', tmp_path / 'run')
+    last = torch.load(run / 'last.pth.tar', weights_only=True)
+    assert last['world_size'] == 1
+    last['world_size'] = 2                       # as if trained by two processes
+    torch.save(last, run / 'last.pth.tar')
+    before = snapshot_dir(run)
+    code, err = stage_cli(train, SUPERNET + ['--epochs', 2, '--resume', run], capsys)
+    assert code == 2 and len(error_lines(err)) == 1, err
+    assert 'trained by 2 process(es) (global batch 64); this run has 1 (global batch 32)' in err
+    assert '--allow_world_size_change' in err and snapshot_dir(run) == before
+    code, err = stage_cli(train, SUPERNET + ['--epochs', 2, '--resume', run, '--allow_world_size_change'], capsys)
+    assert code == 0 and 'WARNING: ' in err and 'continuing as --allow_world_size_change asks' in err
+
+
+def test_stage1_killed_in_its_first_epoch_is_refused_then_restarts_exactly(bad_input_runs, tmp_path, capsys):
+    """A kill after the epoch-1 metrics line but before last.pth.tar: a plain re-run is refused; --resume DIR
+    starts over from checkpoint_epoch_0 and ends equal to the uninterrupted run, with one line per epoch."""
+    run = copy_run(bad_input_runs / 'supernet', tmp_path / 'run', drop=['last.pth.tar'])
+    before = snapshot_dir(run)
+    code, err = stage_cli(train, SUPERNET + ['--epochs', 1, '--save', run], capsys)
+    assert code == 2 and len(error_lines(err)) == 1 and f'pass --resume {run} to start it over' in err
+    assert snapshot_dir(run) == before
+    code, err = stage_cli(train, SUPERNET + ['--epochs', 1, '--resume', run], capsys)
+    assert code == 0, err
+    assert [r['epoch'] for r in utils.read_metrics(run / 'metrics.jsonl')] == [1]
+    a = torch.load(bad_input_runs / 'supernet' / 'last.pth.tar', weights_only=True)
+    b = torch.load(run / 'last.pth.tar', weights_only=True)
+    assert all(torch.equal(v, b['state_dict'][k]) for k, v in a['state_dict'].items())
+    assert (run / 'checkpoint_epoch_0.pth.tar').read_bytes() == before['checkpoint_epoch_0.pth.tar']
+
+
+def test_diverged_run_exits_2_and_saves_nothing_non_finite(tmp_path, capsys):
+    run = tmp_path / 'run'
+    code, err = stage_cli(train, SUPERNET + ['--epochs', 2, '--learning_rate', 1e6, '--save', run], capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1 and 'became' in lines[0] and 'lower --learning_rate' in lines[0], err
+    assert nonfinite_tensors(run) == 0
+    named = [w.rstrip(',;') for w in lines[0].split() if w.startswith(str(tmp_path))]
+    assert named and all(os.path.exists(p) for p in named), lines[0]
+
+
+def test_stage1_checkpoint_on_a_full_disk(tmpfs, capsys):
+    """Room for the initial weights and epoch 1's last.pth.tar, not for checkpoint_epoch_2: one line naming
+    that file, no temporary file left, last.pth.tar still the good epoch-1 checkpoint."""
+    run = tmpfs('3300k') / 'run'
+    code, err = stage_cli(train, SUPERNET + ['--epochs', 2, '--save', run], capsys)
+    lines = error_lines(err)
+    assert code == 2 and len(lines) == 1, err
+    assert f'{run / "checkpoint_epoch_2.pth.tar"} was not written: the disk is full' in lines[0]
+    assert not list(run.glob('*.tmp')) and 'Traceback' not in err
+    assert checkpoints.load_checkpoint(run / 'last.pth.tar')['epoch'] == 1
 
 
 @pytest.mark.parametrize('moment', ['stop_after'] + slow_params(
@@ -198,38 +351,3 @@ def test_resident_bytes_is_the_process_rss():
     import resource
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     assert 50 * 2**20 < heap.resident_bytes() <= peak + 2**20
-
-
-def test_a_log_line_at_least_every_30_seconds_whatever_report_freq_says(monkeypatch):
-    """With --report_freq far above the epoch's steps, a step that ends 30 s or more after the last line logs
-    one anyway (a redirected run is never silent for minutes); it changes nothing else."""
-    import logging
-    import training
-    from distributed import Dist
-    from utils import logger
-    now = [0.0]
-    monkeypatch.setattr(training.time, 'monotonic', lambda: now[0])
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 3)
-    steps = [10.0, 15.0, 31.0, 10.0, 21.0, 40.0]      # seconds each step takes: lines after the 3rd, 5th, 6th
-    batches = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in steps]
-
-    def step_time():
-        now[0] += steps[len(times)]
-        times.append(now[0])
-    times, lines = [], []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        training.train_epoch(model, batches, len(batches), torch.optim.SGD(model.parameters(), 0.1),
-                             torch.amp.GradScaler('cpu', enabled=False), torch.nn.CrossEntropyLoss(),
-                             training.StepConfig(5.0), training.EpochConfig(0, 1, 1000, 'fix'), Dist.single(),
-                             torch.device('cpu'), training.Hooks(after_step=step_time))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    assert [ln.split(' loss')[0] for ln in lines if ln.startswith('train epoch')] == [
-        'train epoch 1 step 3/6', 'train epoch 1 step 5/6', 'train epoch 1 step 6/6']

@@ -1,15 +1,18 @@
+"""utils.py: argument checks, the run directory (its files, its lock, its kind), the CLI contract, writes that a
+full disk cannot half-finish, and the reference's flags that do nothing here."""
+import errno
 import json
-import random
+import os
+import subprocess
+import sys
 
-import numpy as np
 import pytest
-import torch
-import torch.nn as nn
 
 import checkpoints
-import counting
-import seeding
 import utils
+from conftest import ROOT, cli_exit_code
+from evolutionary_search import search
+from train_supernet import train
 from utils import UserError
 
 
@@ -19,77 +22,6 @@ def test_parse_stds():
     for bad in ['', '0.003,0.001', '0.001,0.001', '0,0.1', '-0.1,0.2', 'a,b', 'nan']:
         with pytest.raises(UserError, match='stds'):
             utils.parse_stds(bad)
-
-
-def test_topk_correct_by_hand():
-    logits = torch.tensor([[0.1, 0.5, 0.4],     # top1 = 1, top2 = {1, 2}
-                           [0.9, 0.05, 0.05],   # top1 = 0
-                           [0.2, 0.3, 0.5]])    # top1 = 2, top2 = {2, 1}
-    target = torch.tensor([2, 0, 0])
-    assert counting.topk_correct(logits, target, (1, 2, 3)) == [1, 2, 3]
-
-
-def test_count_macs_and_parameters_by_hand():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
-    macs = counting.count_macs(model, torch.zeros(1, 3, 8, 8))
-    assert macs == 4 * 3 * 9 * 64 + 256 * 10
-    assert counting.count_parameters(model) == 4 * 3 * 9 + 256 * 10 + 10
-
-
-def test_count_parameters_skips_auxiliary():
-    class M(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Linear(2, 3)
-            self.auxiliary_head = nn.Linear(3, 4)
-    assert counting.count_parameters(M()) == 9
-    assert counting.count_parameters(M(), skip=None) == 9 + 16
-
-
-def test_checkpoint_is_atomic_and_weights_only(tmp_path):
-    path = tmp_path / 'c.pth.tar'
-    checkpoints.save_checkpoint({'w': torch.arange(3), 'rng': seeding.get_rng_state(), 'epoch': 2}, path)
-    assert path.exists() and not (tmp_path / 'c.pth.tar.tmp').exists()
-    ck = checkpoints.load_checkpoint(path)
-    assert torch.equal(ck['w'], torch.arange(3)) and ck['epoch'] == 2
-    (tmp_path / 'junk.pth.tar').write_bytes(b'not a checkpoint')
-    with pytest.raises(UserError, match='cannot load checkpoint'):
-        checkpoints.load_checkpoint(tmp_path / 'junk.pth.tar')
-    with pytest.raises(UserError, match='does not exist'):
-        checkpoints.load_checkpoint(tmp_path / 'missing.pth.tar')
-
-
-def test_rng_state_roundtrip_through_a_checkpoint(tmp_path):
-    seeding.seed_everything(5)
-    checkpoints.save_checkpoint({'rng': seeding.get_rng_state()}, tmp_path / 'r.pt')
-    first = (random.random(), np.random.rand(), torch.rand(1).item())
-    seeding.seed_everything(99)
-    seeding.set_rng_state(checkpoints.load_checkpoint(tmp_path / 'r.pt')['rng'])
-    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
-
-
-def test_derive_seed_is_a_pure_function():
-    assert seeding.derive_seed(1, 'x', [1, 2]) == seeding.derive_seed(1, 'x', [1, 2])
-    assert seeding.derive_seed(1, 'x', [1, 2]) != seeding.derive_seed(1, 'x', [2, 1])
-    assert 0 <= seeding.derive_seed('a') < 2**63
-
-
-def test_load_state_checked_names_the_shapes():
-    small, big = nn.Linear(2, 3), nn.Linear(2, 4)
-    with pytest.raises(UserError, match=r'weight: checkpoint \(4, 2\) vs model \(3, 2\)'):
-        checkpoints.load_state_checked(small, big.state_dict(), 'x.pth')
-    prefixed = {f'module.{k}': v for k, v in small.state_dict().items()}
-    checkpoints.load_state_checked(nn.Linear(2, 3), prefixed, 'ddp.pth')   # DDP prefix is stripped
-
-
-@pytest.mark.parametrize('prefix', ['module.', '_orig_mod.', 'module._orig_mod.', '_orig_mod.module.'])
-def test_state_dicts_of_wrapped_models_load(prefix):
-    """Keys saved through DistributedDataParallel and / or torch.compile wrappers load into the bare model."""
-    saved = nn.Linear(2, 3)
-    target = nn.Linear(2, 3)
-    checkpoints.load_state_checked(target, {prefix + k: v for k, v in saved.state_dict().items()}, 'wrapped.pth')
-    assert torch.equal(target.weight, saved.weight) and torch.equal(target.bias, saved.bias)
-    assert list(checkpoints.strip_module_prefix({'a.b': 1, prefix + 'c': 2})) == ['a.b', prefix + 'c']   # not all: kept
 
 
 def test_run_dir_metrics_and_truncation(tmp_path):
@@ -197,3 +129,70 @@ def test_a_run_writes_its_flags_and_final_metrics_as_tensorboard_hparams(tmp_pat
     assert info.hparams['lr'].number_value == 0.5 and info.hparams['arch'].string_value == '["A", "B"]'
     assert info.hparams['space'].string_value == 'null' and info.hparams['amp'].bool_value is False
     assert acc.Scalars('final/valid_acc')[0].value == 0.75 and acc.Scalars('final/epoch')[0].value == 2
+def test_reference_noop_flags_warn_once_and_unknown_flags_fail(capsys, tmp_path):
+    args = train.parse_args(['--gpu', '0', '--cutout', '--cutout_length', '16', '--drop_path_prob', '0.3',
+                             '--model_path', 'saved_models', '--unrolled', '--arch_learning_rate', '3e-4',
+                             '--arch_weight_decay', '1e-3', '--save', str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('warning: --gpu --cutout --cutout_length') and 'nothing' in err[0]
+    assert not any(k.startswith('noop_') for k in vars(args)) and not hasattr(args, 'gpu')
+    args = search.parse_args(['--model_path', 'x.pth.tar', '--cutout', '--cutout_length', '16'])
+    assert capsys.readouterr().err.count('warning:') == 1 and not hasattr(args, 'cutout')
+    for module, argv in ((train, ['--unknown_flag', '1']), (search, ['--model_path', 'x', '--gpu', '0'])):
+        assert cli_exit_code(module, argv) == 2 and 'unrecognized arguments' in capsys.readouterr().err
+
+
+# --- one writer per run directory -----------------------------------------------------------------------
+
+def test_lock_is_reentrant_in_one_process_and_released_after_main(tmp_path):
+    utils.lock_run_dir(tmp_path / 'r')
+    utils.lock_run_dir(tmp_path / 'r')                 # the same process: no-op
+    assert (tmp_path / 'r' / '.lock').read_text() == f'{os.getpid()}\n'
+    probe = [sys.executable, '-c', f'import utils; utils.lock_run_dir({str(tmp_path / "r")!r})']   # cwd: the repo
+    held = subprocess.run(probe, capture_output=True, text=True, cwd=ROOT)
+    assert held.returncode != 0 and f'PID {os.getpid()}' in held.stderr
+    utils.release_run_dirs()
+    assert (tmp_path / 'r' / '.lock').read_text() == ''
+    assert subprocess.run(probe, capture_output=True, text=True, cwd=ROOT).returncode == 0
+
+
+# --- full disks ----------------------------------------------------------------------------------------
+
+def test_atomic_write_on_a_full_disk_keeps_the_old_file(tmp_path, monkeypatch):
+    """Runs everywhere: ENOSPC faked at the fsync of the temporary file."""
+    path = tmp_path / 'last.pth.tar'
+    checkpoints.save_checkpoint({'epoch': 1}, path)
+    old = path.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(utils.os, 'fsync', full)
+    with pytest.raises(utils.UserError, match=rf'^{path} was not written: the disk is full; free space'):
+        checkpoints.save_checkpoint({'epoch': 2}, path)
+    assert path.read_bytes() == old and sorted(p.name for p in tmp_path.iterdir()) == ['last.pth.tar']
+
+
+def test_append_on_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch):
+    path = tmp_path / 'metrics.jsonl'
+    utils.append_line(path, '{"epoch": 1}')
+    real_open = open
+
+    class Full:
+        def __init__(self, *a, **k):
+            self.f = real_open(*a, **k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[:5])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr('builtins.open', Full)
+    with pytest.raises(utils.UserError, match='the disk is full'):
+        utils.append_line(path, '{"epoch": 2}')
+    monkeypatch.undo()
+    assert path.read_text() == '{"epoch": 1}\n'
