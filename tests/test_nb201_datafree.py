@@ -103,7 +103,8 @@ def test_a_rerun_after_a_kill_drops_the_cut_line_and_scores_only_the_rest(tiny, 
     full = (save / 'scores.jsonl').read_text()
     resumed = tmp_path / 'resumed'
     resumed.mkdir()
-    (resumed / 'settings.json').write_text((save / 'settings.json').read_text())
+    for name in ('settings.json', 'run.json'):            # what the killed run had written before scoring
+        (resumed / name).write_text((save / name).read_text())
     kept = full.splitlines(keepends=True)
     (resumed / 'scores.rank0.jsonl').write_text(''.join(kept[:7]) + kept[7][:30])      # killed mid-line
     study.main(study.parse_args(['--tiny', '--save', str(resumed)]))
