@@ -321,11 +321,10 @@ def lock_run_dir(path, kind=None):
         f.close()
         raise UserError(f'{path} is in use by another process (PID {holder}, which holds {path / LOCK_FILE}); wait '
                         'for it to finish (or stop it), or choose another --save directory')
-    with contextlib.suppress(OSError):     # the PID only names the holder to a second process: a full disk is fine
-        f.seek(0)
-        f.truncate()
-        f.write(f'{os.getpid()}\n')
-        f.flush()
+    # Unbuffered: the PID only names the holder to a second process, and a full disk must leave no write pending.
+    with contextlib.suppress(OSError):
+        os.ftruncate(f.fileno(), 0)
+        os.pwrite(f.fileno(), f'{os.getpid()}\n'.encode(), 0)
     _held_locks[key] = f
     if kind is not None:
         claim_run_kind(path, kind)

@@ -324,10 +324,12 @@ def test_cell_diagram_on_a_full_disk(tmpfs, capsys):
     fs = tmpfs('4k')
     (fs / 'filler').write_bytes(b'\0' * 4096)
     code, err = run_cli('visualize', ['--arch', 'DARTS_V2', '--out', fs / 'cell'], capsys)
-    assert code == 2 and error_lines(err) == [f'error: {fs / "cell_normal.dot"} was not written: the disk is full; '
+    # The folder is claimed for drawings (its run.json) before any drawing: that first write fails; the lock file
+    # is empty.
+    assert code == 2 and error_lines(err) == [f'error: {fs / "run.json"} was not written: the disk is full; '
                                               'free space (or choose a writable --save) and resume: the files written '
                                               'before are intact'], err
-    assert sorted(p.name for p in fs.iterdir()) == ['filler']
+    assert sorted(p.name for p in fs.iterdir()) == ['.lock', 'filler'] and (fs / '.lock').read_bytes() == b''
 
 
 def test_save_on_a_read_only_file_system(tmpfs, capsys):
