@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inputs import SEED_MAX, number
 from seeding import derive_seed
 from utils import UserError, atomic_write_text
 
@@ -239,12 +240,18 @@ class Split:
         return 'the whole training set (--split_data 0; the test set validates)'
 
     def indices(self, n):
-        """(train, valid) index tensors for a training set of n images."""
-        if self.kind in ('nb201', 'file'):
-            return read_split_file(self.path, n)
-        if self.kind == 'seeded':
-            return seeded_split(n, self.portion, self.seed)
-        return torch.arange(n), torch.arange(0)
+        """(train, valid) index tensors for a training set of n images; a split that leaves either part empty
+        is refused (nothing would train, or every validation would read 0)."""
+        if self.kind == 'none':
+            return torch.arange(n), torch.arange(0)
+        parts = read_split_file(self.path, n) if self.kind in ('nb201', 'file') else seeded_split(n, self.portion,
+                                                                                               self.seed)
+        fix = ('choose a --train_portion that leaves images in both parts' if self.kind == 'seeded' else
+               'pass a split file that lists both train and valid indices')
+        for name, idx in zip(('train', 'valid'), parts):
+            if len(idx) == 0:
+                raise UserError(f'{self.describe()} leaves the {name} part of the {n} training images empty; {fix}')
+        return parts
 
 
 def choose_split(args):
@@ -374,6 +381,7 @@ def load_search_data(args):
     for flag in ('train_subset', 'valid_subset'):
         if getattr(args, flag) < 0:
             raise UserError(f'--{flag} must be >= 0 (0 = all images), got {getattr(args, flag)}')
+    number('--split_seed', getattr(args, 'split_seed', None), lo=0, hi=SEED_MAX)
     split = resolve_split(args)
     train = load_arrays(args.dataset, args.data, train=True, download=args.download)
     valid = train               # the valid part keeps the true labels: the reference randomizes the train part only

@@ -11,13 +11,46 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
+import inputs
 from checkpoints import load_checkpoint, load_state_checked
 from devices import amp_dtype
 from seeding import get_rng_state
-from utils import UserError, check_new_run_dir, lock_run_dir, logger, progress, restarts_from_beginning
+from utils import (UserError, check_new_run_dir, lock_run_dir, logger, progress, refuse_other_kind,
+                   restarts_from_beginning)
 
 # A redirected run (log.txt, a batch job) prints a training line at least this often, whatever --report_freq says.
 LOG_EVERY_S = 30.0
+
+# The largest network shapes the training CLIs accept. Parameters grow with C squared: the DARTS network of 20
+# cells has 3.3M at C=36 and 2.7 billion at C=1024 (tens of GB for weights, gradients and momentum), so a larger C
+# or deeper stack is a typo that would otherwise end in a failed allocation of terabytes.
+MAX_INIT_CHANNELS = 1024
+MAX_LAYERS = 200
+MEMORY_FIX = 'larger networks do not fit in memory; choose a smaller network'
+
+# The range of every numeric training flag (the keywords of inputs.number); check_ranges checks those a CLI has.
+FLAG_RANGES = {
+    'seed': dict(lo=0, hi=inputs.SEED_MAX), 'split_seed': dict(lo=0, hi=inputs.SEED_MAX),
+    'subset_seed': dict(lo=0, hi=inputs.SEED_MAX), 'sample_seed': dict(lo=0, hi=inputs.SEED_MAX),
+    'init_channels': dict(lo=1, hi=MAX_INIT_CHANNELS, fix=MEMORY_FIX),
+    'layers': dict(lo=1, hi=MAX_LAYERS, fix=MEMORY_FIX),
+    'epochs': dict(lo=1), 'batch_size': dict(lo=2, fix='BatchNorm needs at least 2 images per batch'),
+    'learning_rate': dict(lo=0, lo_open=True), 'learning_rate_min': dict(lo=0),
+    'momentum': dict(lo=0, hi=1, hi_open=True), 'weight_decay': dict(lo=0), 'grad_clip': dict(lo=0, fix='0 is off'),
+    'label_smooth': dict(lo=0, hi=1, hi_open=True), 'drop_path_prob': dict(lo=0, hi=1, hi_open=True),
+    'auxiliary_weight': dict(lo=0, fix='a negative weight rewards a wrong auxiliary head'),
+    'report_freq': dict(lo=1), 'save_freq': dict(lo=1), 'stop_after': dict(lo=0, fix='0 is off'),
+    'valid_bn_images': dict(lo=0, fix='0 uses the running statistics'), 'valid_paths': dict(lo=1),
+    'train_subset': dict(lo=0, fix='0 is all images'), 'valid_subset': dict(lo=0, fix='0 is all images'),
+    'test_subset': dict(lo=0, fix='0 is all images'), 'cutout_length': dict(lo=0, fix='0 is off'),
+    'warmup_epochs': dict(lo=0), 'seeds': dict(lo=1), 'workers': dict(lo=0),
+}
+
+
+def check_ranges(args):
+    """UserError naming the first flag of FLAG_RANGES that args has (not None) outside its range."""
+    inputs.numbers((f'--{k}', getattr(args, k), kw) for k, kw in FLAG_RANGES.items()
+                   if getattr(args, k, None) is not None)
 
 
 def stop_requested(args, epoch, start_epoch, resume_path):
@@ -168,11 +201,12 @@ class Resumed(NamedTuple):
     epochs_done: int
 
 
-def resume_training(args, model, optimizer, scaler, check, finished=lambda ckpt: ckpt['epoch']):
-    """Load the checkpoint --resume names into model, optimizer and (fp16) scaler, after check(ckpt) has
-    raised the stage's own UserErrors (not its checkpoint, another shape or cell...). finished(ckpt): the
-    epochs it has finished. Returns Resumed(checkpoint, epochs_done); UserError when no epoch is left."""
-    ckpt = load_checkpoint(args.resume)
+def resume_training(args, model, optimizer, scaler, check, finished=lambda ckpt: ckpt['epoch'], ckpt=None):
+    """Load the checkpoint --resume names (or `ckpt`, read from it already) into model, optimizer and (fp16)
+    scaler, after check(ckpt) has raised the stage's own UserErrors (not its checkpoint, another shape or
+    cell...). finished(ckpt): the epochs it has finished. Returns Resumed(checkpoint, epochs_done); UserError when
+    no epoch is left."""
+    ckpt = load_checkpoint(args.resume) if ckpt is None else ckpt
     check(ckpt)
     load_state_checked(model, ckpt['state_dict'], args.resume)
     if 'optimizer' in ckpt:                      # the reference's stage-3 checkpoints hold it too; ours always
@@ -185,24 +219,26 @@ def resume_training(args, model, optimizer, scaler, check, finished=lambda ckpt:
     return Resumed(ckpt, done)
 
 
-def claim_run_dir(dist, save, marker, resuming):
-    """Rank 0 locks the run directory and refuses to start a fresh run over an existing one (nothing is
-    overwritten); every rank gets its verdict, so none writes before it. Call after the read-only checks."""
-    dist.from_main(lambda: (lock_run_dir(save), check_new_run_dir(save, marker, resuming)))
+def claim_run_dir(dist, save, marker, resuming, kind):
+    """Rank 0 locks the run directory as one of `kind` (utils.RUN_KINDS; another kind's directory is refused)
+    and refuses to start a fresh run over an existing one (nothing is overwritten); every rank gets its verdict,
+    so none writes before it. Call after the read-only checks."""
+    dist.from_main(lambda: (lock_run_dir(save, kind), check_new_run_dir(save, marker, resuming)))
 
 
-def start_run(args, dist, marker, resume, restart=None, fresh=0):
-    """The start both stages share: --resume of a checkpoint `marker` gives resume()'s result (the stage loads
-    it, e.g. through resume_training); --resume of a run that stopped before writing one calls restart() and
-    starts over; else a fresh run. Then the run directory is claimed (fresh: refused over an existing run).
-    Returns resume()'s result, else `fresh`."""
+def start_run(args, dist, marker, resume, restart=None, fresh=0, kind=None):
+    """The start both stages share: a --save directory of another kind of run than `kind` is refused first;
+    --resume of a checkpoint `marker` gives resume()'s result (the stage loads it, e.g. through resume_training);
+    --resume of a run that stopped before writing one calls restart() and starts over; else a fresh run. Then the
+    run directory is claimed (fresh: refused over an existing run). Returns resume()'s result, else `fresh`."""
+    refuse_other_kind(args.save, kind)
     result = fresh
     if args.resume and restarts_from_beginning(args.resume, marker):
         if restart is not None:
             restart()
     elif args.resume:
         result = resume()
-    claim_run_dir(dist, args.save, marker, resuming=bool(args.resume))
+    claim_run_dir(dist, args.save, marker, bool(args.resume), kind)
     return result
 
 

@@ -354,6 +354,8 @@ def lock_run_dir(path, kind=None):
         return
     if path.exists() and not path.is_dir():
         raise UserError(f'--save {path} is an existing file, not a directory; choose another --save directory')
+    if kind is not None and path.is_dir():
+        refuse_other_kind(path, kind)              # before the .lock file is created in another run's directory
     try:
         path.mkdir(parents=True, exist_ok=True)
         f = open(path / LOCK_FILE, 'a+')
@@ -367,10 +369,10 @@ def lock_run_dir(path, kind=None):
         f.close()
         raise UserError(f'{path} is in use by another process (PID {holder}, which holds {path / LOCK_FILE}); wait '
                         'for it to finish (or stop it), or choose another --save directory')
-    f.seek(0)
-    f.truncate()
-    f.write(f'{os.getpid()}\n')
-    f.flush()
+    # Unbuffered: the PID only names the holder to a second process, and a full disk must leave no write pending.
+    with contextlib.suppress(OSError):
+        os.ftruncate(f.fileno(), 0)
+        os.pwrite(f.fileno(), f'{os.getpid()}\n'.encode(), 0)
     _held_locks[key] = f
     if kind is not None:
         claim_run_kind(path, kind)
@@ -417,13 +419,21 @@ def recorded_kind(path):
     return next((kind for name, kind in LEGACY_FILES if (path / name).exists()), None)
 
 
-def claim_run_kind(path, kind):
-    """Refuse a directory written by another kind of run (its files would be overwritten); record `kind` in
-    RUN_FILE when the directory has no record yet."""
-    found = recorded_kind(path)
+def refuse_other_kind(path, kind):
+    """UserError when directory `path` holds another kind of run than `kind` (its files would be overwritten);
+    reads only."""
+    if kind is None:
+        return
+    found = recorded_kind(path) if Path(path).is_dir() else None
     if found is not None and found != kind:
         raise UserError(f'{path} holds {RUN_KINDS[found]}; {RUN_KINDS[kind]} would overwrite its files: choose '
                         'another directory')
+
+
+def claim_run_kind(path, kind):
+    """Refuse a directory written by another kind of run (refuse_other_kind); record `kind` in RUN_FILE when the
+    directory has no record yet."""
+    refuse_other_kind(path, kind)
     if not (Path(path) / RUN_FILE).exists():
         atomic_write_text(Path(path) / RUN_FILE, json.dumps({'kind': kind}) + '\n')
 

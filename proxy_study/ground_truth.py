@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhe
 import torch  # noqa: E402
 
 import data  # noqa: E402
+import inputs  # noqa: E402
 from proxy_study.cells import add_cell_args, select_cells  # noqa: E402
 from retrain.train_loop import EpochPlan, Loaders, Nets, Protocol, evaluate, make_training, train_network  # noqa: E402
 from spaces import get_space  # noqa: E402
@@ -34,10 +35,12 @@ from counting import count_macs, count_parameters  # noqa: E402
 from devices import choose_device  # noqa: E402
 from distributed import Dist  # noqa: E402
 from seeding import derive_seed, seed_everything  # noqa: E402
-from utils import (ArgumentParser, UserError, atomic_write_text, changed_flags, logger, require, run_cli,  # noqa: E402
-                   setup_logging)
+from training import check_ranges  # noqa: E402
+from utils import (ArgumentParser, UserError, atomic_write_text, changed_flags, lock_run_dir,  # noqa: E402
+                   locks_released, logger, refuse_other_kind, require, run_cli, setup_logging)
 
 OUTPUT, PROTOCOL_FILE, PAIRS = 'ground_truth.jsonl', 'protocol.json', 'pairs'
+KIND = 'ground-truth'       # what its run directory holds (utils.RUN_KINDS)
 # The flags that define the training protocol: recorded in every line, fixed for a run directory.
 PROTOCOL = ['dataset', 'epochs', 'train_subset', 'subset_seed', 'test_subset', 'init_channels', 'layers',
             'batch_size', 'learning_rate', 'momentum', 'weight_decay', 'grad_clip', 'auxiliary', 'auxiliary_weight',
@@ -79,12 +82,10 @@ def get_args_parser():
 
 def parse_args(argv=None):
     args = get_args_parser().parse_args(argv)
-    require([(args.seeds >= 1, '--seeds must be >= 1'), (args.epochs >= 1, '--epochs must be >= 1'),
-             (args.num_cells >= 0, '--num_cells must be >= 0'),
-             (args.batch_size >= 2, '--batch_size must be >= 2'),
+    check_ranges(args)
+    require([(args.num_cells >= 0, '--num_cells must be >= 0'),
              (args.init_channels >= 2 and args.init_channels % 2 == 0, '--init_channels must be even and >= 2'),
-             (args.layers >= 3, '--layers must be >= 3'), (0 <= args.drop_path_prob < 1,
-                                                           '--drop_path_prob must lie in [0, 1)')])
+             (args.layers >= 3, '--layers must be >= 3')])
     if args.auxiliary and data.IMAGE_SIZES.get(args.dataset, 32) < 32:
         raise UserError(f'--auxiliary needs 32x32 images; add --no-auxiliary for {args.dataset}')
     return args
@@ -144,21 +145,31 @@ def train_pair(cell, seed, args, sets, device):
             'params': params, 'macs': macs, 'protocol': protocol_of(args)}
 
 
+def refuse_other_protocol(save, args):
+    """A run directory holds one protocol: UserError when the one it recorded differs from the flags' (reads
+    only, so it runs before the directory is claimed)."""
+    path = Path(save) / PROTOCOL_FILE
+    if not path.exists():
+        return
+    current = protocol_of(args)
+    recorded = inputs.json_document('--save', path, {}, 'the protocol record of a ground truth')
+    # A flag the record lacks counts as None: refused unless it is None here too.
+    changed = changed_flags(recorded, current, fallback=dict.fromkeys(current))
+    if changed:
+        raise UserError(f'{save} holds ground truth trained with other flags ({"; ".join(changed)}); use the '
+                        'same protocol flags to resume or extend it, or another --save')
+
+
 def check_protocol(save, args, is_main):
-    """A run directory holds one protocol: every rank refuses other flags; rank 0 records it on the first
-    start (the other ranks wait for it)."""
+    """Rank 0 records the protocol on the first start (the other ranks wait for it); every rank refuses other
+    flags."""
     path = Path(save) / PROTOCOL_FILE
     if not path.exists() and is_main:
         (Path(save) / PAIRS).mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(protocol_of(args), indent=2))
     while not path.exists():
         time.sleep(0.5)
-    current = protocol_of(args)
-    # A flag the record lacks counts as None: refused unless it is None here too.
-    changed = changed_flags(json.loads(path.read_text()), current, fallback=dict.fromkeys(current))
-    if changed:
-        raise UserError(f'{save} holds ground truth trained with other flags ({"; ".join(changed)}); use the '
-                        'same protocol flags to resume or extend it, or another --save')
+    refuse_other_protocol(save, args)
 
 
 def gather(save, pairs, poll_s=2.0):
@@ -173,12 +184,17 @@ def gather(save, pairs, poll_s=2.0):
     return [json.loads((folder / pair_name(*p)).read_text()) for p in pairs]
 
 
+@locks_released
 def main(args):
     dist = Dist()
     device = choose_device(args.device, dist.local_rank)
+    save = Path(args.save)
+    refuse_other_kind(save, KIND)                        # every rank, reading only; rank 0 takes the lock below
+    refuse_other_protocol(save, args)
     cells = select_cells(args.num_cells, args.sample_seed, args.candidates, args.arch)
     sets = load_sets(args, device)                       # fails on missing data before anything is written
-    save = Path(args.save)
+    if dist.is_main:            # the other ranks write their own pairs/ files into the directory rank 0 holds
+        lock_run_dir(save, KIND)
     check_protocol(save, args, dist.is_main)
     if dist.is_main:
         atomic_write_text(save / 'args.json', json.dumps(vars(args), indent=2, default=str))
@@ -206,4 +222,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-    run_cli(main, parse_args)
+    run_cli(main, parse_args, resume_hint=lambda args: 'rerun the same command')

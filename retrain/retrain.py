@@ -23,13 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhe
 
 import data  # noqa: E402
 import genotypes  # noqa: E402
-from retrain.retraining import build_model, image_size, run_evaluate, train  # noqa: E402
+from retrain.retraining import KIND, build_model, image_size, read_given, run_evaluate, train  # noqa: E402
 from retrain.train_loop import CHECKPOINT, make_loaders  # noqa: E402
 from devices import choose_device, memory_format  # noqa: E402
 from distributed import Dist  # noqa: E402
 from seeding import seed_everything  # noqa: E402
-from utils import (ArgumentParser, UserError, add_noop_flags, locks_released, pop_noop_flags, require,  # noqa: E402
-                   resolve_run_paths, run_cli)
+from training import check_ranges  # noqa: E402
+from utils import (ArgumentParser, UserError, add_noop_flags, locks_released, pop_noop_flags,  # noqa: E402
+                   refuse_other_kind, require, resolve_run_paths, run_cli)
 
 DATASETS = ['imagenet'] + data.DATASETS
 # Defaults per setting: the reference's for ImageNet, the DARTS evaluation protocol for the small images
@@ -122,6 +123,8 @@ def _add_additions(g):
 def parse_args(argv=None):
     args = get_args_parser().parse_args(argv)
     pop_noop_flags(args)
+    if args.evaluate and args.resume:
+        raise UserError('--evaluate only validates a checkpoint and --resume continues training one: pass one of them')
     if args.dataset == 'imagenet' and args.init_channels is None:
         args.init_channels = ZOO_CHANNELS.get(args.arch.upper())
     if args.dataset != 'imagenet':
@@ -136,8 +139,8 @@ def parse_args(argv=None):
     for k, v in DEFAULTS['imagenet' if args.dataset == 'imagenet' else 'cifar'].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    require([(args.epochs >= 1, '--epochs must be >= 1'), (args.batch_size >= 1, '--batch_size must be >= 1'),
-             (args.learning_rate > 0, '--learning_rate must be > 0'), (args.layers >= 3, '--layers must be >= 3'),
+    check_ranges(args)
+    require([(args.layers >= 3, '--layers must be >= 3'),
              (args.init_channels >= 2 and args.init_channels % 2 == 0, '--init_channels must be even and >= 2'),
              (0 <= args.drop_path_prob < 1, '--drop_path_prob must lie in [0, 1)'),
              (args.auxiliary_weight >= 0, f'--auxiliary_weight must be >= 0 (a negative weight rewards a wrong '
@@ -151,6 +154,12 @@ def main(args):
     device = choose_device(args.device, dist.local_rank)
     if args.batch_size % dist.world_size:
         raise UserError(f'--batch_size {args.batch_size} (global) must be divisible by the {dist.world_size} processes')
+    if args.batch_size // dist.world_size < 2:
+        raise UserError(f'--batch_size {args.batch_size} (global) gives {args.batch_size // dist.world_size} image per '
+                        f'process and BatchNorm needs at least 2: pass --batch_size {2 * dist.world_size} or more')
+    if not args.evaluate:
+        refuse_other_kind(args.save, KIND)         # before any work: a supernet or search run is not resumed
+    given = read_given(args)
     seed_everything(args.seed)
     genotype = genotypes.resolve_genotype(args.arch)
     dist.init(device)
@@ -158,9 +167,9 @@ def main(args):
     model = build_model(args, loaders.num_classes, genotype).to(device)
     model = model.to(memory_format=memory_format(args.channels_last))
     if args.evaluate:
-        return run_evaluate(args, model, loaders, device, dist)
-    return train(args, model, genotype, loaders, device, dist)
+        return run_evaluate(args, model, loaders, device, dist, given.evaluate)
+    return train(args, model, genotype, loaders, device, dist, given.resume)
 
 
 if __name__ == '__main__':
-    run_cli(main, parse_args)
+    run_cli(main, parse_args, resume_hint=lambda args: f'rerun with --resume {args.save}')

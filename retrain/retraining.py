@@ -3,12 +3,15 @@ start or resume of a run directory, the per-epoch bookkeeping (best top-1, metri
 --evaluate. The CLI is retrain/retrain.py."""
 import json
 import math
+import os
+from typing import NamedTuple, Optional
 
 import torch
 
 import data
 import genotypes
-from checkpoints import load_checkpoint, load_state_checked, save_checkpoint
+import inputs
+from checkpoints import load_state_checked, save_checkpoint
 from counting import count_macs, count_parameters
 from retrain.drawing import plot_genotype
 from retrain.train_loop import CHECKPOINT, EpochPlan, Nets, Protocol, diverged_fix, evaluate, make_training, \
@@ -19,6 +22,41 @@ from training import note_resumed, resumable_state, resume_training, start_run, 
 from utils import Run, UserError, logger, setup_logging
 
 BEST = 'model_best.pth.tar'
+KIND = 'retrain'            # what a stage-3 run directory holds (utils.RUN_KINDS)
+# What a stage-3 checkpoint to resume holds at least (the reference's hold these, best_acc_top1 and optimizer too).
+RESUME_KEYS = {'state_dict': dict, 'epoch': int}
+
+
+class Given(NamedTuple):
+    """The checkpoint --resume or --evaluate names, read and checked before anything is built or written."""
+    resume: Optional[dict] = None
+    evaluate: Optional[dict] = None       # the state dict to validate
+
+
+def _finite_state(path, state):
+    """state unless a floating tensor of it holds a NaN or an infinity (a diverged model)."""
+    bad = [k for k, t in state.items() if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise UserError(f'--evaluate {path} holds NaN or infinite weights ({len(bad)} tensors, e.g. {bad[0]}): it is a '
+                        'diverged model; pass the checkpoint of a run that trained without diverging')
+    return state
+
+
+def read_given(args):
+    """Given of the flags: --resume that exists must be a readable stage-3 checkpoint of RESUME_KEYS (a missing
+    one is a run that stopped before its first epoch, see training.start_run); --evaluate a readable checkpoint
+    (ours or the reference's model zoo file, which may be a bare state dict) with finite weights."""
+    if args.resume and os.path.lexists(args.resume):
+        return Given(resume=inputs.checkpoint('--resume', args.resume, RESUME_KEYS,
+                                              f'a stage-3 checkpoint ({CHECKPOINT})', inside=CHECKPOINT))
+    if args.evaluate:
+        ckpt = inputs.checkpoint('--evaluate', args.evaluate, {}, f'a stage-3 checkpoint ({BEST})', inside=BEST)
+        state = ckpt.get('state_dict', ckpt)
+        if not isinstance(state, dict):
+            raise UserError(f'--evaluate {args.evaluate}: its state_dict entry is a {type(state).__name__}, not a '
+                            'dict of tensors; pass a stage-3 checkpoint')
+        return Given(evaluate=_finite_state(args.evaluate, state))
+    return Given()
 
 
 def lr_factor(args):
@@ -77,11 +115,10 @@ def compile_model(module, args):
     return torch.compile(module) if args.compile else module
 
 
-def run_evaluate(args, model, loaders, device, dist):
-    """--evaluate: validate a checkpoint (ours or the reference's) and print one JSON line."""
+def run_evaluate(args, model, loaders, device, dist, state):
+    """--evaluate: validate `state` (read_given's, of a checkpoint of ours or the reference's) and print one JSON
+    line."""
     setup_logging(None, dist.is_main)
-    ckpt = load_checkpoint(args.evaluate, map_location='cpu', inside=BEST)
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else ckpt
     load_state_checked(model, state, args.evaluate)
     protocol = Protocol.from_args(args)
     result = evaluate(compile_model(model, args), loaders.val, device, dist, protocol.amp, protocol.memory_format)
@@ -100,9 +137,8 @@ def finished_epochs(ckpt):
 
 
 def check_retrain_checkpoint(args, ckpt):
-    """UserError unless ckpt is a stage-3 checkpoint (ours or the reference's) of the cell --arch names."""
-    if not isinstance(ckpt, dict) or 'state_dict' not in ckpt or 'epoch' not in ckpt:
-        raise UserError(f'{args.resume} is not a retrain checkpoint (needs state_dict and epoch)')
+    """UserError unless ckpt (of RESUME_KEYS, read_given checked them) is a stage-3 checkpoint (ours or the
+    reference's) of the cell --arch names."""
     saved = ckpt.get('genotype')
     if saved is not None and genotypes.genotype_from_dict(saved) != genotypes.resolve_genotype(args.arch):
         trained = ckpt.get('args', {}).get('arch', 'another cell')
@@ -110,21 +146,22 @@ def check_retrain_checkpoint(args, ckpt):
                         'to resume it, or choose another --save to train this cell')
 
 
-def resume_state(args, state):
-    """Restore what a checkpoint holds; the reference's hold weights, optimizer and epoch only. Returns
-    (epochs finished, best top-1)."""
+def resume_state(args, state, ckpt):
+    """Restore what checkpoint `ckpt` (of --resume) holds; the reference's hold weights, optimizer and epoch only.
+    Returns (epochs finished, best top-1)."""
     ckpt, done = resume_training(args, state.model, state.optimizer, state.scaler,
-                                 lambda c: check_retrain_checkpoint(args, c), finished_epochs)
+                                 lambda c: check_retrain_checkpoint(args, c), finished_epochs, ckpt)
     state.scheduler.last_epoch = done - 1
     state.scheduler.step()                         # sets the learning rate of epoch `done` (0-based)
     best = ckpt.get('best_acc_top1', 0.0)
     return done, float(best.item() if torch.is_tensor(best) else best)
 
 
-def begin(args, genotype, loaders, device, dist, state):
-    """Resume (or start fresh), claim the run directory and describe the run. Returns (run, first epoch,
-    best top-1 so far)."""
-    start_epoch, best_acc = start_run(args, dist, CHECKPOINT, lambda: resume_state(args, state), fresh=(0, 0.0))
+def begin(args, genotype, loaders, device, dist, state, ckpt):
+    """Resume from `ckpt` (or start fresh), claim the run directory and describe the run. Returns (run, first
+    epoch, best top-1 so far)."""
+    start_epoch, best_acc = start_run(args, dist, CHECKPOINT, lambda: resume_state(args, state, ckpt),
+                                      fresh=(0, 0.0), kind=KIND)
     run = Run(args.save, args, is_main=dist.is_main)
     describe(state.model, args, genotype, device)
     logger.info('%d process(es) on %s, global batch %d (%d per process), %d train / %d val images%s',
@@ -174,11 +211,12 @@ def make_nets(args, model, device, dist):
     return Nets(train_net, val_net)
 
 
-def train(args, model, genotype, loaders, device, dist):
-    """The training run (resumable): epochs from the checkpoint's to --epochs (or --stop_after)."""
+def train(args, model, genotype, loaders, device, dist, ckpt=None):
+    """The training run (resumable, from `ckpt`, read_given's of --resume): epochs from the checkpoint's to
+    --epochs (or --stop_after)."""
     protocol = Protocol.from_args(args)
     state = make_training(model, protocol, device, lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(args)))
-    run, start_epoch, best_acc = begin(args, genotype, loaders, device, dist, state)
+    run, start_epoch, best_acc = begin(args, genotype, loaders, device, dist, state, ckpt)
     plan = EpochPlan(epoch_seed=lambda e: derive_seed(args.seed, 'epoch', e, dist.rank),   # drop path, workers
                      fix=diverged_fix(args.save), start_epoch=start_epoch,
                      after_epoch=Bookkeeping(run, args, state, genotype, best_acc, start_epoch, dist))

@@ -4,7 +4,9 @@
     python3 retrain/visualize.py --arch runs/search-wlm/genotype.json
 
 Always writes <out>_normal.dot and <out>_reduce.dot (Graphviz text); where the `dot` program is
-installed (Debian: graphviz) also renders .png and .pdf next to them.
+installed (Debian: graphviz) also renders .png and .pdf next to them. The folder of <out> holds drawings: it
+is locked while they are written, and the folder of another kind of run (a retrain run draws its own cells)
+is refused.
 """
 import os
 import shutil
@@ -14,8 +16,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
 
 import genotypes  # noqa: E402
+import inputs  # noqa: E402
 from retrain.drawing import plot_genotype  # noqa: E402
-from utils import ArgumentParser, run_cli  # noqa: E402
+from utils import ArgumentParser, lock_run_dir, locks_released, run_cli  # noqa: E402
+
+KIND = 'drawings'           # what the folder of --out holds (utils.RUN_KINDS)
 
 
 def get_args_parser():
@@ -32,8 +37,11 @@ def parse_args(argv=None):
     return args
 
 
+@locks_released
 def main(args):
     genotype = genotypes.resolve_genotype(args.arch)
+    folder = inputs.writable_dir('--out', Path(args.out).parent)
+    lock_run_dir(folder, KIND)
     written = plot_genotype(genotype, args.out)
     for paths in written.values():
         for p in paths:

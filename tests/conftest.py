@@ -320,3 +320,57 @@ def run_and_kill(script, *args, reached, timeout=600):
     err = proc.communicate()[1]
     assert proc.returncode in (0, -9), f'{script} exited {proc.returncode}:\n{err[-3000:]}'
     return proc.returncode == -9
+
+
+# --- run directories of every kind and broken files, for the bad-input tables of each CLI ----------------------
+
+TINY_RETRAIN = ['--dataset', 'synthetic', '--arch', 'DARTS_V2', '--init_channels', 4, '--layers', 3, '--batch_size', 32,
+                '--learning_rate', 0.05, '--train_subset', 64, '--test_subset', 32, '--seed', 1, '--epochs', 1,
+                '--device', 'cpu']
+
+
+def _foreign_runs(base, supernet):
+    """Fill `base` with a run directory of each kind and with files that look like inputs and are not."""
+    import json
+    import shutil
+    import torch
+    from retrain import retrain
+    shutil.copytree(supernet, base / 'supernet')
+    assert cli_exit_code(retrain, TINY_RETRAIN + ['--save', base / 'retrain']) == 0
+    search = base / 'search'              # a stage-2 run as the code before run.json wrote it
+    search.mkdir()
+    (search / 'search_checkpoint.json').write_text(json.dumps({'args': {}, 'evolution': {'epoch': 1}}))
+    (search / 'args.json').write_text('{"max_epochs": 2}\n')
+    (search / 'metrics.jsonl').write_text('{"epoch": 1, "best_score": 0.5}\n')
+    gt = base / 'gt'                      # a proxy-study ground truth (its protocol.json names it)
+    (gt / 'pairs').mkdir(parents=True)
+    (gt / 'protocol.json').write_text('{"dataset": "synthetic", "epochs": 1}\n')
+    (base / 'afile').write_text('not a directory\n')
+    (base / 'text.pth.tar').write_text('this is a text file, not a checkpoint\n')
+    torch.save([1, 2, 3], base / 'list.pth.tar')
+    torch.save(7, base / 'int.pth.tar')
+
+
+@pytest.fixture(scope='session')
+def foreign_runs(tiny_supernet, tmp_path_factory):
+    """A folder (read it, copy it before writing) with run directories of every kind a CLI may be pointed at by
+    mistake (supernet: tiny_supernet('darts'), retrain: a 1-epoch stage-3 run of TINY_RETRAIN, search, gt) and
+    broken inputs: afile (a text file), text.pth.tar (text), list.pth.tar / int.pth.tar (pickles of a list, an
+    int)."""
+    base = tmp_path_factory.mktemp('foreign') / 'b'
+    base.mkdir()
+    _foreign_runs(base, tiny_supernet('darts'))
+    return base
+
+
+def refused_in_copy(module, foreign_runs, tmp_path, argv, prepare=None):
+    """Run CLI `module` with argv(b) on a copy b of foreign_runs (prepare(b) first: the case's own broken files).
+    Returns (exit status, snapshot of b before, snapshot after) for assert_refused."""
+    import shutil
+    b = tmp_path / 'b'
+    shutil.copytree(foreign_runs, b)
+    if prepare is not None:
+        prepare(b)
+    before = snapshot_dir(b)
+    code = cli_exit_code(module, [str(a) for a in argv(b)])
+    return code, before, snapshot_dir(b)

@@ -13,8 +13,7 @@ import pytest
 import torch
 
 import genotypes as G
-
-from conftest import ROOT, assert_refused, cli_exit_code, run_script, snapshot_dir
+from conftest import ROOT, assert_refused, cli_exit_code, refused_in_copy, run_script, snapshot_dir
 from proxy_study import ground_truth, report, scores, stats
 from proxy_study.cells import sample_cells
 from proxy_study.records import read_ground_truth, read_scores
@@ -306,3 +305,52 @@ def test_scores_and_report_on_a_full_disk_end_with_one_line(tiny_supernet, tmp_p
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
         assert proc.returncode == 2 and len(errors) == 1 and 'was not written' in errors[0], proc.stderr[-2000:]
     assert (tmp_path / 'new' / 'scores.jsonl').read_text().endswith('\n')
+# --- ground truth: bad input, by kind: exit 2, one error line, every file of every run unchanged ----------------
+
+def _gt(save, **changes):
+    return lambda b: gt_argv(**changes) + ['--save', b / save]
+
+
+def _other_protocol(b):
+    """b/gt2: a ground truth recorded with another --epochs than GT's."""
+    (b / 'gt2' / 'pairs').mkdir(parents=True)
+    recorded = ground_truth.protocol_of(ground_truth.parse_args([str(a) for a in GT] + ['--save', str(b / 'gt2')]))
+    (b / 'gt2' / 'protocol.json').write_text(json.dumps({**recorded, 'epochs': 5}))
+
+
+# (id, argv given the copy b of foreign_runs, text of the one error line, prepare(b) or None)
+GROUND_TRUTH_BAD_INPUTS = [
+    # another kind of run directory: nothing of it may be rewritten
+    ('--save a supernet run', _gt('supernet'), 'holds a stage-1 supernet run', None),
+    ('--save a retrain run', _gt('retrain'), 'holds a stage-3 retraining run', None),
+    ('--save a search run', _gt('search'), 'holds a stage-2 evolutionary search', None),
+    ('--save is a file', _gt('afile'), 'is an existing file, not a directory', None),
+    ('--save of another protocol', _gt('gt2'), 'holds ground truth trained with other flags', _other_protocol),
+    # numbers out of range
+    ('--subset_seed beyond 64 bits', _gt('out', subset_seed=2 ** 64), '--subset_seed must be >= 0 and <=', None),
+    ('negative --sample_seed', _gt('out', sample_seed=-1), '--sample_seed must be >= 0', None),
+    ('--init_channels of a million', _gt('out', init_channels=10 ** 6), 'do not fit in memory', None),
+    ('--layers of a hundred thousand', _gt('out', layers=10 ** 5), '--layers must be >= 1 and <= 200', None),
+    ('negative --weight_decay', _gt('out', weight_decay=-1e-4), '--weight_decay must be >= 0', None),
+    ('--momentum 1', _gt('out', momentum=1), '--momentum must be >= 0 and < 1', None),
+    ('--label_smooth 5', _gt('out', label_smooth=5), '--label_smooth must be >= 0 and < 1', None),
+    ('--learning_rate nan', _gt('out', learning_rate='nan'), '--learning_rate must be > 0, got nan', None),
+    ('negative --grad_clip', _gt('out', grad_clip=-5), '--grad_clip must be >= 0', None),
+    ('negative --auxiliary_weight', _gt('out', auxiliary_weight=-0.4), '--auxiliary_weight must be >= 0', None),
+    ('--drop_path_prob 1', _gt('out', drop_path_prob=1), '--drop_path_prob must be >= 0 and < 1', None),
+    ('--batch_size 1', _gt('out', batch_size=1), '--batch_size must be >= 2', None),
+    ('--report_freq 0', _gt('out', report_freq=0), '--report_freq must be >= 1', None),
+    ('negative --train_subset', _gt('out', train_subset=-1), '--train_subset must be >= 0', None),
+    ('negative --test_subset', _gt('out', test_subset=-1), '--test_subset must be >= 0', None),
+    ('negative --cutout_length', _gt('out', cutout_length=-1), '--cutout_length must be >= 0', None),
+    ('--seeds 0', _gt('out', seeds=0), '--seeds must be >= 1', None),
+    ('--epochs 0', _gt('out', epochs=0), '--epochs must be >= 1', None),
+]
+
+
+@pytest.mark.parametrize('argv, message, prepare', [c[1:] for c in GROUND_TRUTH_BAD_INPUTS],
+                         ids=[c[0] for c in GROUND_TRUTH_BAD_INPUTS])
+def test_ground_truth_bad_input_is_refused_before_anything_is_written(foreign_runs, argv, message, prepare, tmp_path,
+                                                                      capsys):
+    code, before, after = refused_in_copy(ground_truth, foreign_runs, tmp_path, argv, prepare)
+    assert_refused(code, capsys.readouterr().err, message, before, after)

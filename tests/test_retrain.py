@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import genotypes as G
-from conftest import (ROOT, TINY_RETRAIN, cli_exit_code, error_lines, kill_moments, log_lines, nonfinite_tensors,
-                      refusal_base, run_and_kill, run_script, slow_params, snapshot_dir, stage_cli)
+from conftest import (ROOT, TINY_RETRAIN, assert_refused, cli_exit_code, error_lines, kill_moments, log_lines,
+                      nonfinite_tensors, refusal_base, refused_in_copy, run_and_kill, run_script, slow_params,
+                      snapshot_dir, stage_cli)
 from retrain import retrain, retraining
 from train_supernet import train
 from spaces.darts_network import NetworkCIFAR, NetworkImageNet, drop_path
@@ -454,3 +455,104 @@ def test_drop_path_probability_grows_from_zero_one_epoch_at_a_time(tmp_path, cap
     assert _cli([*TINY, '--epochs', 3, '--drop_path_prob', 0.3, '--save', tmp_path / 'run']) == 0
     recs = read_metrics(tmp_path / 'run' / 'metrics.jsonl')
     assert [r['drop_path_prob'] for r in recs] == [pytest.approx(0.3 * e / 3) for e in range(3)]
+
+
+# --- bad input, by kind: exit 2, one error line, every file of every run unchanged ------------------------------
+
+S3 = [str(a) for a in TINY_RETRAIN]          # the flags of foreign_runs' retrain run
+
+
+def _run_with_checkpoint(make):
+    """prepare(b): b/run is a copy of the retrain run whose checkpoint.pth.tar is replaced by make(path, ckpt)."""
+    def prepare(b):
+        shutil.copytree(b / 'retrain', b / 'run')
+        path = b / 'run' / 'checkpoint.pth.tar'
+        ckpt = torch.load(path, weights_only=True)
+        path.unlink()
+        make(path, ckpt)
+    return prepare
+
+
+def _nan_weights(b):
+    ckpt = torch.load(b / 'retrain' / 'model_best.pth.tar', weights_only=True)
+    ckpt['state_dict'] = {k: v.fill_(float('nan')) if v.is_floating_point() else v
+                          for k, v in ckpt['state_dict'].items()}
+    torch.save(ckpt, b / 'nan.pth.tar')
+
+
+def _resume3(name, *extra):
+    return lambda b: S3 + ['--epochs', 2, '--resume', b / name, *extra]
+
+
+def _fresh3(*extra):
+    return lambda b: S3 + ['--save', b / 'out', *extra]
+
+
+def _evaluate(name, *extra):
+    return lambda b: S3 + ['--evaluate', b / name, *extra]
+
+
+# (id, argv given the copy b of foreign_runs, text of the one error line, prepare(b) or None)
+STAGE3_BAD_INPUTS = [
+    # another kind of run directory, or a folder where checkpoint.pth.tar belongs: nothing of it may be rewritten
+    ('resume a supernet run', _resume3('supernet'), 'holds a stage-1 supernet run', None),
+    ('resume a search run', _resume3('search'), 'holds a stage-2 evolutionary search', None),
+    ('resume a ground truth', _resume3('gt'), 'holds proxy-study ground truth', None),
+    ('fresh run into a supernet run', lambda b: S3 + ['--save', b / 'supernet'], 'holds a stage-1 supernet run', None),
+    ('checkpoint.pth.tar is a directory', _resume3('run'), 'is a directory',
+     _run_with_checkpoint(lambda path, ckpt: path.mkdir())),
+    ('--save is a file', lambda b: S3 + ['--save', b / 'afile'], 'is an existing file, not a directory', None),
+    # checkpoints of the wrong content
+    ('checkpoint is text', _resume3('run'), 'cannot load checkpoint',
+     _run_with_checkpoint(lambda path, ckpt: path.write_text('not a checkpoint\n'))),
+    ('checkpoint is a list', _resume3('run'), 'holds a list, not a dict',
+     _run_with_checkpoint(lambda path, ckpt: torch.save([1, 2], path))),
+    ('checkpoint is an int', _resume3('run'), 'holds a int, not a dict',
+     _run_with_checkpoint(lambda path, ckpt: torch.save(3, path))),
+    ('checkpoint with a string epoch', _resume3('run'), "its 'epoch' entry is a str",
+     _run_with_checkpoint(lambda path, ckpt: torch.save({**ckpt, 'epoch': '1'}, path))),
+    ('checkpoint without state_dict', _resume3('run'), "has no 'state_dict' entry",
+     _run_with_checkpoint(lambda path, ckpt: torch.save({'epoch': 1}, path))),
+    ('resume a stage-1 checkpoint', lambda b: S3 + ['--epochs', 2, '--resume', b / 'supernet' / 'last.pth.tar',
+                                                    '--save', b / 'out'], 'does not fit this model', None),
+    ('--evaluate a text file', _evaluate('text.pth.tar'), 'cannot load checkpoint', None),
+    ('--evaluate a list', _evaluate('list.pth.tar'), 'holds a list, not a dict', None),
+    ('--evaluate an int', _evaluate('int.pth.tar'), 'holds a int, not a dict', None),
+    ('--evaluate NaN weights', _evaluate('nan.pth.tar'), 'holds NaN or infinite weights', _nan_weights),
+    ('--evaluate a stage-1 checkpoint', _evaluate('supernet/checkpoint_epoch_1.pth.tar'), 'does not fit this model', None),
+    ('--evaluate with --resume', _evaluate('retrain/model_best.pth.tar', '--resume', 'retrain'),
+     '--evaluate only validates a checkpoint and --resume continues training one', None),
+    # numbers out of range
+    ('--seed beyond 64 bits', _fresh3('--seed', 2 ** 64), '--seed must be >= 0 and <= 9223372036854775807', None),
+    ('negative --seed', _fresh3('--seed', -1), '--seed must be >= 0', None),
+    ('--init_channels of a million', _fresh3('--init_channels', 10 ** 6), 'do not fit in memory', None),
+    ('negative --init_channels', _fresh3('--init_channels', -4), '--init_channels must be >= 1', None),
+    ('--layers of a hundred thousand', _fresh3('--layers', 10 ** 5), '--layers must be >= 1 and <= 200', None),
+    ('negative --weight_decay', _fresh3('--weight_decay', -1e-4), '--weight_decay must be >= 0', None),
+    ('negative --momentum', _fresh3('--momentum', -0.9), '--momentum must be >= 0 and < 1', None),
+    ('--momentum 1', _fresh3('--momentum', 1), '--momentum must be >= 0 and < 1', None),
+    ('--label_smooth 5', _fresh3('--label_smooth', 5), '--label_smooth must be >= 0 and < 1', None),
+    ('negative --label_smooth', _fresh3('--label_smooth', -0.1), '--label_smooth must be >= 0 and < 1', None),
+    ('--batch_size 1', _fresh3('--batch_size', 1), 'BatchNorm needs at least 2', None),
+    ('--report_freq 0', _fresh3('--report_freq', 0), '--report_freq must be >= 1', None),
+    ('negative --stop_after', _fresh3('--stop_after', -1), '--stop_after must be >= 0', None),
+    ('negative --train_subset', _fresh3('--train_subset', -1), '--train_subset must be >= 0', None),
+    ('negative --test_subset', _fresh3('--test_subset', -1), '--test_subset must be >= 0', None),
+    ('--learning_rate nan', _fresh3('--learning_rate', 'nan'), '--learning_rate must be > 0, got nan', None),
+    ('--learning_rate inf', _fresh3('--learning_rate', 'inf'), '--learning_rate must be > 0, got inf', None),
+    ('negative --grad_clip', _fresh3('--grad_clip', -5), '--grad_clip must be >= 0', None),
+    ('--drop_path_prob 1', _fresh3('--drop_path_prob', 1), '--drop_path_prob must be >= 0 and < 1', None),
+    ('--drop_path_prob nan', _fresh3('--drop_path_prob', 'nan'), '--drop_path_prob must be >= 0 and < 1', None),
+    ('negative --auxiliary_weight', _fresh3('--auxiliary_weight', -0.4), '--auxiliary_weight must be >= 0', None),
+    ('--auxiliary_weight nan', _fresh3('--auxiliary_weight', 'nan'), '--auxiliary_weight must be >= 0', None),
+    ('--epochs 0', _fresh3('--epochs', 0), '--epochs must be >= 1', None),
+    ('negative --warmup_epochs', _fresh3('--warmup_epochs', -1), '--warmup_epochs must be >= 0', None),
+    ('negative --cutout_length', _fresh3('--cutout_length', -1), '--cutout_length must be >= 0', None),
+]
+
+
+@pytest.mark.parametrize('argv, message, prepare', [c[1:] for c in STAGE3_BAD_INPUTS],
+                         ids=[c[0] for c in STAGE3_BAD_INPUTS])
+def test_bad_input_is_refused_before_anything_is_written(foreign_runs, argv, message, prepare, tmp_path, capsys):
+    code, before, after = refused_in_copy(retrain, foreign_runs, tmp_path, argv, prepare)
+    assert_refused(code, capsys.readouterr().err, message, before, after)

@@ -9,8 +9,9 @@ import torch
 
 import checkpoints
 import utils
-from conftest import (TINY_SUPERNETS, cli_exit_code, error_lines, kill_moments, log_lines, nonfinite_tensors,
-                      refusal_base, run_and_kill, run_script, slow_params, snapshot_dir, stage_cli)
+from conftest import (TINY_SUPERNETS, assert_refused, cli_exit_code, error_lines, kill_moments, log_lines,
+                      nonfinite_tensors, refusal_base, refused_in_copy, run_and_kill, run_script, slow_params,
+                      snapshot_dir, stage_cli)
 from spaces import get_space
 from train_supernet import heap, supernet_training, train
 from spaces.darts_supernet import Network
@@ -351,3 +352,139 @@ def test_resident_bytes_is_the_process_rss():
     import resource
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     assert 50 * 2**20 < heap.resident_bytes() <= peak + 2**20
+
+
+def test_a_log_line_at_least_every_30_seconds_whatever_report_freq_says(monkeypatch):
+    """With --report_freq far above the epoch's steps, a step that ends 30 s or more after the last line logs
+    one anyway (a redirected run is never silent for minutes); it changes nothing else."""
+    import logging
+    import training
+    from distributed import Dist
+    from utils import logger
+    now = [0.0]
+    monkeypatch.setattr(training.time, 'monotonic', lambda: now[0])
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    steps = [10.0, 15.0, 31.0, 10.0, 21.0, 40.0]      # seconds each step takes: lines after the 3rd, 5th, 6th
+    batches = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in steps]
+
+    def step_time():
+        now[0] += steps[len(times)]
+        times.append(now[0])
+    times, lines = [], []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        training.train_epoch(model, batches, len(batches), torch.optim.SGD(model.parameters(), 0.1),
+                             torch.amp.GradScaler('cpu', enabled=False), torch.nn.CrossEntropyLoss(),
+                             training.StepConfig(5.0), training.EpochConfig(0, 1, 1000, 'fix'), Dist.single(),
+                             torch.device('cpu'), training.Hooks(after_step=step_time))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert [ln.split(' loss')[0] for ln in lines if ln.startswith('train epoch')] == [
+        'train epoch 1 step 3/6', 'train epoch 1 step 5/6', 'train epoch 1 step 6/6']
+
+
+# --- bad input, by kind: exit 2, one error line, every file of every run unchanged ------------------------------
+
+S1 = [str(a) for a in TINY_SUPERNETS['darts']]       # the shape of foreign_runs' supernet
+
+
+def _run_with_last(make):
+    """prepare(b): b/run is a copy of the supernet run whose last.pth.tar is replaced by make(b, checkpoint)."""
+    def prepare(b):
+        shutil.copytree(b / 'supernet', b / 'run')
+        last = b / 'run' / 'last.pth.tar'
+        ckpt = torch.load(last, weights_only=True)
+        last.unlink()
+        make(last, ckpt)
+    return prepare
+
+
+def _dropped(key):
+    return _run_with_last(lambda path, ckpt: torch.save({k: v for k, v in ckpt.items() if k != key}, path))
+
+
+def _split_file(train, valid):
+    return lambda b: (b / 'split.json').write_text(json.dumps({'train': ['int', [str(i) for i in train]],
+                                                               'valid': ['int', [str(i) for i in valid]]}))
+
+
+def _resume(name, *extra):
+    return lambda b: S1 + ['--epochs', 2, '--resume', b / name, *extra]
+
+
+def _fresh(*extra):
+    return lambda b: S1 + ['--save', b / 'out', *extra]
+
+
+# (id, argv given the copy b of foreign_runs, text of the one error line, prepare(b) or None)
+STAGE1_BAD_INPUTS = [
+    # another kind of run directory, or a folder where last.pth.tar belongs: nothing of it may be rewritten
+    ('resume a search run', _resume('search'), 'holds a stage-2 evolutionary search', None),
+    ('resume a retrain run', _resume('retrain'), 'holds a stage-3 retraining run', None),
+    ('resume a ground truth', _resume('gt'), 'holds proxy-study ground truth', None),
+    ('fresh run into a retrain run', lambda b: S1 + ['--save', b / 'retrain'], 'holds a stage-3 retraining run', None),
+    ('last.pth.tar is a directory', _resume('run'), 'is a directory',
+     _run_with_last(lambda path, ckpt: path.mkdir())),
+    ('--save is a file', lambda b: S1 + ['--save', b / 'afile'], 'is an existing file, not a directory', None),
+    # checkpoints of the wrong content
+    ('last.pth.tar is text', _resume('run'), 'cannot load checkpoint',
+     _run_with_last(lambda path, ckpt: path.write_text('not a checkpoint\n'))),
+    ('last.pth.tar is a list', _resume('run'), 'holds a list, not a dict',
+     _run_with_last(lambda path, ckpt: torch.save([1, 2], path))),
+    ('last.pth.tar is an int', _resume('run'), 'holds a int, not a dict',
+     _run_with_last(lambda path, ckpt: torch.save(3, path))),
+    ('last.pth.tar without rng', _resume('run'), "has no 'rng' entry", _dropped('rng')),
+    ('last.pth.tar without path_rng', _resume('run'), "has no 'path_rng' entry", _dropped('path_rng')),
+    ('last.pth.tar without optimizer', _resume('run'), "has no 'optimizer' entry", _dropped('optimizer')),
+    ('last.pth.tar with a string epoch', _resume('run'), "its 'epoch' entry is a str",
+     _run_with_last(lambda path, ckpt: torch.save({**ckpt, 'epoch': '1'}, path))),
+    ('resume a stage-3 checkpoint', lambda b: S1 + ['--epochs', 2, '--resume', b / 'retrain' / 'checkpoint.pth.tar',
+                                                    '--save', b / 'out'], "has no 'path_rng' entry", None),
+    ('resume the initial checkpoint', _resume('supernet/checkpoint_epoch_0.pth.tar'), "has no 'scheduler' entry", None),
+    ('resume a text file', lambda b: S1 + ['--epochs', 2, '--resume', b / 'text.pth.tar', '--save', b / 'out'],
+     'cannot load checkpoint', None),
+    # numbers out of range
+    ('--seed beyond 64 bits', _fresh('--seed', 2 ** 64), '--seed must be >= 0 and <= 9223372036854775807', None),
+    ('negative --seed', _fresh('--seed', -1), '--seed must be >= 0', None),
+    ('--split_seed beyond 64 bits', _fresh('--split_seed', 2 ** 64), '--split_seed must be >= 0 and <=', None),
+    ('negative --split_seed', _fresh('--split_seed', -3), '--split_seed must be >= 0', None),
+    ('--init_channels of a million', _fresh('--init_channels', 10 ** 6), 'do not fit in memory', None),
+    ('negative --init_channels', _fresh('--init_channels', -4), '--init_channels must be >= 1', None),
+    ('--layers of a hundred thousand', _fresh('--layers', 10 ** 5), '--layers must be >= 1 and <= 200', None),
+    ('negative --weight_decay', _fresh('--weight_decay', -1e-4), '--weight_decay must be >= 0', None),
+    ('negative --momentum', _fresh('--momentum', -0.9), '--momentum must be >= 0 and < 1', None),
+    ('--momentum 1', _fresh('--momentum', 1), '--momentum must be >= 0 and < 1', None),
+    ('--learning_rate nan', _fresh('--learning_rate', 'nan'), '--learning_rate must be > 0, got nan', None),
+    ('--learning_rate inf', _fresh('--learning_rate', 'inf'), '--learning_rate must be > 0, got inf', None),
+    ('--learning_rate 0', _fresh('--learning_rate', 0), '--learning_rate must be > 0', None),
+    ('negative --learning_rate_min', _fresh('--learning_rate_min', -1), '--learning_rate_min must be >= 0', None),
+    ('negative --grad_clip', _fresh('--grad_clip', -5), '--grad_clip must be >= 0', None),
+    ('--grad_clip nan', _fresh('--grad_clip', 'nan'), '--grad_clip must be >= 0', None),
+    ('--batch_size 1', _fresh('--batch_size', 1), '--batch_size must be >= 2', None),
+    ('--report_freq 0', _fresh('--report_freq', 0), '--report_freq must be >= 1', None),
+    ('negative --valid_bn_images', _fresh('--valid_bn_images', -1), '--valid_bn_images must be >= 0', None),
+    ('negative --stop_after', _fresh('--stop_after', -1), '--stop_after must be >= 0', None),
+    ('negative --train_subset', _fresh('--train_subset', -1), '--train_subset must be >= 0', None),
+    ('negative --valid_subset', _fresh('--valid_subset', -1), '--valid_subset must be >= 0', None),
+    ('--epochs 0', _fresh('--epochs', 0), '--epochs must be >= 1', None),
+    # splits with an empty part
+    ('--train_portion 0.0001', _fresh('--train_portion', 0.0001), 'leaves the train part', None),
+    ('--train_portion 0.9999', _fresh('--train_portion', 0.9999), 'leaves the valid part', None),
+    ('split file without train indices', lambda b: S1 + ['--split_file', b / 'split.json', '--save', b / 'out'],
+     'leaves the train part', _split_file([], range(10))),
+    ('split file without valid indices', lambda b: S1 + ['--split_file', b / 'split.json', '--save', b / 'out'],
+     'leaves the valid part', _split_file(range(10), [])),
+]
+
+
+@pytest.mark.parametrize('argv, message, prepare', [c[1:] for c in STAGE1_BAD_INPUTS],
+                         ids=[c[0] for c in STAGE1_BAD_INPUTS])
+def test_bad_input_is_refused_before_anything_is_written(foreign_runs, argv, message, prepare, tmp_path, capsys):
+    code, before, after = refused_in_copy(train, foreign_runs, tmp_path, argv, prepare)
+    assert_refused(code, capsys.readouterr().err, message, before, after)

@@ -5,11 +5,13 @@ import math
 import os
 import random
 import time
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 
-from checkpoints import load_checkpoint, load_state_checked, save_checkpoint
+import inputs
+from checkpoints import load_state_checked, save_checkpoint
 from data import BatchLoader, inherit_split, load_search_data, write_split_file
 from devices import choose_device, make_scaler, memory_format
 from distributed import Dist
@@ -20,9 +22,10 @@ from train_supernet.heap import HeapTrimmer
 from training import (EpochConfig, Hooks, StepConfig, note_resumed, require_finite_loss, require_finite_weights,
                       resumable_state, resume_hint, resume_training, start_run, stop_requested, train_epoch,
                       train_step)
-from utils import Run, UserError, changed_flags, logger
+from utils import Run, UserError, changed_flags, logger, refuse_other_kind
 
 LAST, INITIAL = 'last.pth.tar', 'checkpoint_epoch_0.pth.tar'
+KIND = 'supernet'           # what a stage-1 run directory holds (utils.RUN_KINDS)
 
 
 def model_meta(args, num_classes):
@@ -88,10 +91,8 @@ def _check_world_size(args, saved, world_size):
 
 
 def _check_resumable(args, ckpt, world_size, data_digest):
-    """UserError unless ckpt is a stage-1 last.pth.tar of this space, process count and split."""
-    if not isinstance(ckpt, dict) or 'scheduler' not in ckpt or 'path_rng' not in ckpt:
-        raise UserError(f'{args.resume} is not a resumable stage-1 checkpoint (it lacks scheduler / RNG state); '
-                        f'pass the {LAST} of a run directory')
+    """UserError unless ckpt (of LAST_KEYS, read_resume checked them) is a stage-1 last.pth.tar of this space,
+    process count and split."""
     if ckpt.get('space', 'darts') != args.space:
         raise UserError(f'{args.resume} is a {ckpt.get("space", "darts")} supernet; resume it with --space '
                         f'{ckpt.get("space", "darts")}')
@@ -105,13 +106,35 @@ def _check_resumable(args, ckpt, world_size, data_digest):
 RESUME_FLAGS = ('dataset', 'batch_size', 'learning_rate', 'seed', 'epochs', 'zero_grad', 'split_seed')
 
 
-def _checkpoint_args(path):
-    """The args of the stage-1 run that --resume names: from its last.pth.tar, or from its initial checkpoint when
-    the run stopped before writing one ({} when neither is there)."""
+# What a resumable last.pth.tar holds (resumable_state plus the path sampler) and what every stage-1 checkpoint does.
+LAST_KEYS = {'epoch': int, 'state_dict': dict, 'optimizer': dict, 'scheduler': dict, 'rng': dict,
+             'path_rng': (list, tuple)}
+INITIAL_KEYS = {'state_dict': dict}
+
+
+class Resume(NamedTuple):
+    """The checkpoints of the run --resume names, read and checked before anything is built or written."""
+    last: Optional[dict]         # its last.pth.tar (None: the run stopped in its first epoch)
+    initial: Optional[dict]      # else its checkpoint_epoch_0.pth.tar, where there is one
+
+    @property
+    def args(self):
+        """The run's recorded flags ({} where neither checkpoint holds them)."""
+        found = (self.last or self.initial or {}).get('args', {})
+        return found if isinstance(found, dict) else {}
+
+
+def read_resume(path):
+    """Resume of --resume `path`: a path that exists must be a readable stage-1 last.pth.tar of LAST_KEYS (a
+    folder or a file of another stage in its place is refused); a missing one (a run that stopped in its first
+    epoch, see training.start_run) gives the checkpoint_epoch_0.pth.tar next to it, checked alike."""
+    if os.path.lexists(path):
+        return Resume(inputs.checkpoint('--resume', path, LAST_KEYS, f'a resumable stage-1 checkpoint ({LAST})',
+                                        inside=LAST), None)
     initial = os.path.join(os.path.dirname(path), INITIAL)
-    found = path if os.path.isfile(path) else initial if os.path.isfile(initial) else None
-    ckpt = load_checkpoint(found) if found else {}
-    return ckpt.get('args', {}) if isinstance(ckpt, dict) else {}
+    if not os.path.lexists(initial):
+        return Resume(None, None)
+    return Resume(None, inputs.checkpoint('--resume', initial, INITIAL_KEYS, f'a stage-1 checkpoint ({INITIAL})'))
 
 
 class SupernetRun:
@@ -120,10 +143,12 @@ class SupernetRun:
 
     def __init__(self, args):
         self.args, self.dist = args, Dist()
+        refuse_other_kind(args.save, KIND)                 # before any work: a search or retrain run is not resumed
+        self.resumed = read_resume(args.resume) if args.resume else Resume(None, None)
         self.device = choose_device(args.device, self.dist.local_rank)
         seed_everything(args.seed + self.dist.rank)        # weights: DDP copies rank 0's to every rank
         if args.resume:                                    # the split the run started with, unless flags say otherwise
-            inherit_split(args, _checkpoint_args(args.resume))
+            inherit_split(args, self.resumed.args)
         self.data = load_search_data(args).resident(self.device)    # raises before anything is written
         self.fmt = memory_format(args.channels_last)
         self.space = get_space(args.space)
@@ -144,7 +169,7 @@ class SupernetRun:
         in-place zero gradients, the path sampler and every RNG. Returns the epochs finished."""
         args = self.args
         ckpt, done = resume_training(args, self.model, self.optimizer, self.scaler, lambda c: _check_resumable(
-            args, c, self.dist.world_size, self.data.split_digest))
+            args, c, self.dist.world_size, self.data.split_digest), ckpt=self.resumed.last)
         self.scheduler.load_state_dict(ckpt['scheduler'])
         self.scheduler.T_max = args.epochs
         # Ops sampled before the crash had zero (not None) gradients: restore that so in-place zeroing keeps
@@ -164,14 +189,14 @@ class SupernetRun:
     def _restart(self):
         """--resume of a run that stopped in its first epoch (no last.pth.tar): its initial weights
         (checkpoint_epoch_0.pth.tar), which gives the uninterrupted run exactly."""
-        initial = os.path.join(os.path.dirname(self.args.resume), INITIAL)
-        if os.path.isfile(initial):
-            load_state_checked(self.model, load_checkpoint(initial)['state_dict'], initial)
+        if self.resumed.initial is not None:
+            initial = os.path.join(os.path.dirname(self.args.resume), INITIAL)
+            load_state_checked(self.model, self.resumed.initial['state_dict'], initial)
 
     def start(self):
         """Resume or start fresh (refused over an existing run), open the run directory; the first epoch."""
         args, dist, data = self.args, self.dist, self.data
-        self.start_epoch = start_run(args, dist, LAST, self._resume, self._restart)
+        self.start_epoch = start_run(args, dist, LAST, self._resume, self._restart, kind=KIND)
         self.run = Run(args.save, args, is_main=dist.is_main)
         logger.info('%s supernet C=%d layers=%d classes=%d: %d parameters; train %d / valid %d images of %s; %d '
                     'process(es) on %s, batch %d per process, global batch %d', args.space, args.init_channels,

@@ -21,6 +21,7 @@ from data import add_data_args  # noqa: E402
 from spaces import SPACE_NAMES, get_space  # noqa: E402
 from train_supernet.heap import DEFAULT_HEADROOM  # noqa: E402
 from train_supernet.supernet_training import LAST, SupernetRun  # noqa: E402
+from training import check_ranges  # noqa: E402
 from utils import (ArgumentParser, add_noop_flags, locks_released, pop_noop_flags, require,  # noqa: E402
                    resolve_run_paths, run_cli)
 
@@ -107,6 +108,7 @@ def parse_args(argv=None):
     if args.layers is None:
         args.layers = space.default_layers
     require(space.check_shape(args.init_channels, args.layers))
+    check_ranges(args)
     require([(args.epochs >= 1, '--epochs must be >= 1'), (args.batch_size >= 2, '--batch_size must be >= 2'),
              (args.learning_rate > 0, '--learning_rate must be > 0'),
              (args.save_freq >= 1, '--save_freq must be >= 1'), (args.report_freq >= 1, '--report_freq must be >= 1'),
@@ -124,4 +126,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-    run_cli(main, parse_args)
+    run_cli(main, parse_args, resume_hint=lambda args: f'rerun with --resume {args.save}')
