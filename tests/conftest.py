@@ -104,6 +104,19 @@ def error_lines(err):
     return [ln for ln in err.splitlines() if ln.startswith('error:')]
 
 
+def check_refusal(module, base, argv, message, capsys):
+    """A REFUSALS row of a stage's test file: the CLI `module` given argv (with `{b}` in `message` the folder
+    `base`) exits 2 with one error line holding the message, every file under base stays byte-identical and
+    neither base/out nor base/nothing appears."""
+    before = snapshot_dir(base)
+    code, err = stage_cli(module, argv, capsys)
+    assert code == 2, err
+    lines = error_lines(err)
+    assert len(lines) == 1 and message.format(b=base) in lines[0], err
+    assert snapshot_dir(base) == before
+    assert not (base / 'out').exists() and not (base / 'nothing').exists()
+
+
 def nonfinite_tensors(run):
     """How many floating-point tensors of the *.pth.tar files of `run` hold a NaN or an infinity."""
     import torch

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import genotypes as G
-from conftest import (ROOT, TINY_RETRAIN, assert_refused, cli_exit_code, error_lines, kill_moments, log_lines,
-                      nonfinite_tensors, refusal_base, refused_in_copy, run_and_kill, run_script, slow_params,
-                      snapshot_dir, stage_cli)
+from conftest import (ROOT, TINY_RETRAIN, assert_refused, check_refusal, cli_exit_code, error_lines, kill_moments,
+                      log_lines, nonfinite_tensors, refusal_base, refused_in_copy, run_and_kill, run_script,
+                      slow_params, snapshot_dir, stage_cli)
 from retrain import retrain, retraining
 from train_supernet import train
 from spaces.darts_network import NetworkCIFAR, NetworkImageNet, drop_path
@@ -99,13 +99,7 @@ REFUSALS = [
 
 @pytest.mark.parametrize('argv, message', [c[1:] for c in REFUSALS], ids=[c[0] for c in REFUSALS])
 def test_refused_with_one_line_and_nothing_changed(bad_input_runs, argv, message, capsys):
-    before = snapshot_dir(bad_input_runs)
-    code, err = stage_cli(retrain, argv(bad_input_runs), capsys)
-    assert code == 2, err
-    lines = error_lines(err)
-    assert len(lines) == 1 and message.format(b=bad_input_runs) in lines[0], err
-    assert snapshot_dir(bad_input_runs) == before
-    assert not (bad_input_runs / 'out').exists() and not (bad_input_runs / 'nothing').exists()
+    check_refusal(retrain, bad_input_runs, argv(bad_input_runs), message, capsys)
 
 
 def test_diverged_run_exits_2_and_saves_nothing_non_finite(tmp_path, capsys):

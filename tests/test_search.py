@@ -16,8 +16,9 @@ import torch
 import data as D
 import genotypes as G
 import utils
-from conftest import (ROOT, TINY_SUPERNETS, assert_refused, cli_exit_code, error_lines, kill_moments, refusal_base,
-                      run_and_kill, run_script, slow_params, snapshot_dir, split_file_halves, stage_cli, torchrun)
+from conftest import (ROOT, TINY_SUPERNETS, assert_refused, check_refusal, cli_exit_code, error_lines, kill_moments,
+                      refusal_base, run_and_kill, run_script, slow_params, snapshot_dir, split_file_halves,
+                      stage_cli, torchrun)
 from evolutionary_search import search
 from spaces import nb201
 from train_supernet import train
@@ -327,13 +328,7 @@ REFUSALS = [
 
 @pytest.mark.parametrize('argv, message', [c[1:] for c in REFUSALS], ids=[c[0] for c in REFUSALS])
 def test_refused_with_one_line_and_nothing_changed(bad_input_runs, argv, message, capsys):
-    before = snapshot_dir(bad_input_runs)
-    code, err = stage_cli(search, argv(bad_input_runs), capsys)
-    assert code == 2, err
-    lines = error_lines(err)
-    assert len(lines) == 1 and message.format(b=bad_input_runs) in lines[0], err
-    assert snapshot_dir(bad_input_runs) == before
-    assert not (bad_input_runs / 'out').exists() and not (bad_input_runs / 'nothing').exists()
+    check_refusal(search, bad_input_runs, argv(bad_input_runs), message, capsys)
 
 
 def test_second_process_on_a_run_directory_exits_2_naming_the_first(bad_input_runs, tmp_path):

@@ -1,7 +1,7 @@
 """retrain/visualize.py through its CLI: bad input and a full disk end with one error line."""
 import pytest
 
-from conftest import assert_refused, error_lines, refusal_base, refused_in_copy, snapshot_dir, stage_cli
+from conftest import assert_refused, check_refusal, error_lines, refusal_base, refused_in_copy, stage_cli
 from retrain import visualize
 
 
@@ -20,13 +20,7 @@ REFUSALS = [
 
 @pytest.mark.parametrize('argv, message', [c[1:] for c in REFUSALS], ids=[c[0] for c in REFUSALS])
 def test_refused_with_one_line_and_nothing_changed(bad_input_runs, argv, message, capsys):
-    before = snapshot_dir(bad_input_runs)
-    code, err = stage_cli(visualize, argv(bad_input_runs), capsys)
-    assert code == 2, err
-    lines = error_lines(err)
-    assert len(lines) == 1 and message.format(b=bad_input_runs) in lines[0], err
-    assert snapshot_dir(bad_input_runs) == before
-    assert not (bad_input_runs / 'out').exists() and not (bad_input_runs / 'nothing').exists()
+    check_refusal(visualize, bad_input_runs, argv(bad_input_runs), message, capsys)
 
 
 def test_cell_diagram_on_a_full_disk(tmpfs, capsys):
