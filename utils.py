@@ -98,13 +98,16 @@ class ArgumentParser(argparse.ArgumentParser):
         return config
 
 
-def add_noop_flags(parser, flags):
+def add_noop_flags(parser, flags, notes=None):
     """Accept the reference's flags that mean nothing here, so that its command lines run unchanged
-    (`pop_noop_flags` warns about them). flags: {name: type}, type None for a switch."""
+    (`pop_noop_flags` warns about them). flags: {name: type}, type None for a switch; notes: {name: what the
+    flag means elsewhere}, added to its help where one name has another meaning in another stage."""
     g = parser.add_argument_group('reference flags without effect here (accepted with a warning)')
     for name, kind in flags.items():
         extra = dict(action='store_true') if kind is None else dict(type=kind, metavar=name.upper())
-        g.add_argument(f'--{name}', dest=f'noop_{name}', default=None, help='does nothing here', **extra)
+        note = (notes or {}).get(name)
+        g.add_argument(f'--{name}', dest=f'noop_{name}', default=None,
+                       help='does nothing here' + (f' ({note})' if note else ''), **extra)
 
 
 def pop_noop_flags(args):

@@ -65,7 +65,8 @@ def _add_reference_flags(g):
                    help='ImageNet folder with train/ and val/, or the CIFAR / Fashion-MNIST / ImageNet16 folder')
     g.add_argument('--arch', default='GENAS_FLATNESS_CIFAR100', help='named genotype or genotype .json of the search')
     g.add_argument('--batch_size', type=int, default=None,
-                   help='global batch, split over processes (per dataset: 1024 / 96)')
+                   help='GLOBAL batch, split evenly over the processes, as the reference (per dataset: 1024 / 96; '
+                        'stage 1\'s --batch_size is per process)')
     g.add_argument('--learning_rate', type=float, default=None, help='base learning rate (per dataset: 0.5 / 0.025)')
     g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
     g.add_argument('--weight_decay', type=float, default=None, help='weight decay (per dataset: 3e-5 / 3e-4)')

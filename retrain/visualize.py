@@ -26,7 +26,8 @@ KIND = 'drawings'           # what the folder of --out holds (utils.RUN_KINDS)
 def get_args_parser():
     p = ArgumentParser(description='Draw the cells of a genotype.')
     p.add_argument('--arch', required=True, help='named genotype or genotype .json')
-    p.add_argument('--out', default=None, help='output path stem; None means cells/<arch name>')
+    p.add_argument('--save', '--out', dest='out', default=None, metavar='STEM',
+                   help='output path stem (STEM_normal.png, ...); None means cells/<arch name>')
     return p
 
 

@@ -34,7 +34,7 @@ def test_flag_tables_are_those_of_the_parsers():
 
 def test_flag_table_lists_defaults_and_help():
     rows = {r[0]: r for _, group in flags.flag_rows(flags.parser_of('train_supernet.train')) for r in group}
-    assert rows['`--batch_size`'][1:] == ('`64`', 'batch size')
+    assert rows['`--learning_rate`'][1:] == ('`0.025`', 'initial SGD learning rate')
     assert rows['`--channels_last`, `--no-channels_last`'][1] == 'on'
     assert rows['`--resume`'][1] == ''                       # no default: the help says what happens without it
 

@@ -33,12 +33,15 @@ def get_args_parser():
     additions = p.add_argument_group('additions')
     _add_run_flags(additions)
     _add_speed_and_fidelity_flags(additions)
-    add_noop_flags(p, NOOP_FLAGS)
+    add_noop_flags(p, NOOP_FLAGS, notes={'model_path': 'the reference\'s stage 1 ignores it too; in stage 2 it '
+                                                              'is the trained supernet'})
     return p
 
 
 def _add_training_flags(g):
-    g.add_argument('--batch_size', type=int, default=64, help='batch size')
+    g.add_argument('--batch_size', type=int, default=64,
+                   help='batch size PER PROCESS, as the reference (under torchrun the global batch is this x the '
+                        'processes; stage 3\'s --batch_size is global)')
     g.add_argument('--learning_rate', type=float, default=0.025, help='initial SGD learning rate')
     g.add_argument('--learning_rate_min', type=float, default=0.001, help='cosine schedule floor')
     g.add_argument('--momentum', type=float, default=0.9, help='SGD momentum')
