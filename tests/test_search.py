@@ -496,8 +496,9 @@ def test_fashion_mnist_wlm_search_writes_a_loadable_genotype(readme_runs):
 @pytest.mark.slow
 def test_precision_tau_script(supernet, capsys):
     from benchmarks import precision_tau
-    out = precision_tau.main(['--model_path', str(supernet / 'checkpoint_epoch_1.pth.tar'), '--candidates', '4',
-                              '--precisions', 'bf16,tf32', '--max_train_img_size', '32', '--max_val_img_size', '64'])
+    out = precision_tau.main(precision_tau.parse_args([
+        '--model_path', str(supernet / 'checkpoint_epoch_1.pth.tar'), '--candidates', '4', '--precisions', 'bf16,tf32',
+        '--max_train_img_size', '32', '--max_val_img_size', '64']))
     assert set(out['results']) == {'fp32', 'bf16', 'tf32'}
     assert out['results']['fp32']['kendall_tau_vs_fp32'] == 1.0
     assert out['results']['tf32']['max_relative_score_change'] == 0.0      # TF32 means nothing on a CPU
