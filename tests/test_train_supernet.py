@@ -348,41 +348,6 @@ def test_resident_bytes_is_the_process_rss():
     assert 50 * 2**20 < heap.resident_bytes() <= peak + 2**20
 
 
-def test_a_log_line_at_least_every_30_seconds_whatever_report_freq_says(monkeypatch):
-    """With --report_freq far above the epoch's steps, a step that ends 30 s or more after the last line logs
-    one anyway (a redirected run is never silent for minutes); it changes nothing else."""
-    import logging
-    import training
-    from distributed import Dist
-    from utils import logger
-    now = [0.0]
-    monkeypatch.setattr(training.time, 'monotonic', lambda: now[0])
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 3)
-    steps = [10.0, 15.0, 31.0, 10.0, 21.0, 40.0]      # seconds each step takes: lines after the 3rd, 5th, 6th
-    batches = [(torch.randn(2, 4), torch.tensor([0, 1])) for _ in steps]
-
-    def step_time():
-        now[0] += steps[len(times)]
-        times.append(now[0])
-    times, lines = [], []
-    handler = logging.Handler()
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        training.train_epoch(model, batches, len(batches), torch.optim.SGD(model.parameters(), 0.1),
-                             torch.amp.GradScaler('cpu', enabled=False), torch.nn.CrossEntropyLoss(),
-                             training.StepConfig(5.0), training.EpochConfig(0, 1, 1000, 'fix'), Dist.single(),
-                             torch.device('cpu'), training.Hooks(after_step=step_time))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-    assert [ln.split(' loss')[0] for ln in lines if ln.startswith('train epoch')] == [
-        'train epoch 1 step 3/6', 'train epoch 1 step 5/6', 'train epoch 1 step 6/6']
-
-
 # --- bad input, by kind: exit 2, one error line, every file of every run unchanged ------------------------------
 
 S1 = [str(a) for a in TINY_SUPERNETS['darts']]       # the shape of foreign_runs' supernet
