@@ -1,7 +1,7 @@
 """The DARTS search space: primitives, genotypes, 28-int candidates and the named cells.
 
 A *candidate* is 28 ints: 14 edge codes for the normal cell, then 14 for the reduction cell.
-Each code indexes PRIMITIVES. Edges are ordered node by node (SPEC section 1):
+Each code indexes PRIMITIVES. Edges are ordered node by node, as in the reference:
 
     node 0: edges 0-1    inputs c_{k-2}, c_{k-1}
     node 1: edges 2-4    inputs c_{k-2}, c_{k-1}, node 0
@@ -99,7 +99,7 @@ def check_valid(candidate):
 
 
 def repair_cell(cell_codes, rng):
-    """SPEC 'check_cand' on one 14-edge half, in place: node j ends with exactly j `none` edges.
+    """The reference's 'check_cand' on one 14-edge half, in place: node j ends with exactly j `none` edges.
 
     Too few `none` edges: randomly chosen non-none edges become `none`. Too many: randomly chosen
     `none` edges get a uniformly random op from 1..7. `rng` is a `random.Random`.
@@ -188,7 +188,7 @@ def parse_candidate(text):
 
 
 
-# Published cells (SPEC section 7).
+# Published cells, as the reference ships them.
 
 AmoebaNet = Genotype(
     normal=[
@@ -467,7 +467,7 @@ SDARTS_RS_CIFAR10 = Genotype(
 )
 
 
-# --- named genotypes (SPEC sections 2 and 7) -------------------------------------------------
+# --- named genotypes (the model zoo and the published cells) --------------------------------
 
 RLDARTS = decode([5, 4, 5, 0, 5, 0, 0, 5, 5, 0, 0, 0, 7, 4,
                   5, 4, 2, 0, 5, 0, 0, 4, 4, 0, 4, 4, 0, 0])

@@ -1,4 +1,4 @@
-"""The reference's ImageNet preprocessing (SPEC section 8), written with torch ops on uint8 (C, H, W) tensors.
+"""The reference's ImageNet preprocessing, written with torch ops on uint8 (C, H, W) tensors.
 
 Training: a random *square* crop (area fraction uniform in [0.08, 1], edge = round(sqrt(area)), no aspect-ratio
 jitter, up to 10 tries, else the last try's square zero-filled where it leaves the image), resized to 224x224

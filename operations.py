@@ -1,7 +1,7 @@
 """Candidate operations of the DARTS space: `OPS[name](C, stride, affine) -> nn.Module`.
 
 Every op maps C channels to C channels; stride 2 halves the spatial size. Module names inside each
-op (`op.{n}`, `conv_1`, `conv_2`, `bn`) are fixed by the reference checkpoints (SPEC section 6).
+op (`op.{n}`, `conv_1`, `conv_2`, `bn`) are fixed by the reference checkpoints.
 This module is a leaf: it imports nothing from the project.
 """
 import torch
