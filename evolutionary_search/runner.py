@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from evolutionary_search.evolution import cand_key
 from evolutionary_search.metrics import METRICS, formula
+from evolutionary_search.plots import write_search_plots
 from inputs import check_keys, json_document
 from utils import UserError, append_line, atomic_write_text, changed_flags, logger, progress, write_guard
 
@@ -149,6 +150,8 @@ def write_genotype(run, evo, args):
             checkpoints={'model_path': os.path.abspath(args.model_path),
                          'init_model_path': os.path.abspath(args.init_model_path) if args.init_model_path else None},
             args=dict(vars(args)), **({'budget': evo.budget.limits()} if evo.budget is not None else {}))
+    for figure in write_search_plots(run.path, evo, args.metric):
+        logger.info('wrote %s', figure)
     return SearchResult(path, best, info)
 
 

@@ -16,7 +16,7 @@ def cell_dot(ops, concat, title):
              '  node [style="rounded,filled", shape=rect, align=center, fontsize=20, height=1.5, width=1.5, '
              'penwidth=2, fontname="helvetica"];',
              '  edge [fontsize=20, fontname="times"];',
-             f'  label="{title}"; labelloc=t;']
+             f'  label="{title}"; labelloc=t; nodesep=0.5; ranksep=0.9;']
     for n in names[:2]:
         lines.append(f'  "{n}" [fillcolor=darkseagreen2];')
     for n in names[2:]:
@@ -26,6 +26,10 @@ def cell_dot(ops, concat, title):
         lines.append(f'  "{names[inp]}" -> "{names[2 + k // 2]}" [label="{op}", fillcolor=gray];')
     for i in concat:
         lines.append(f'  "{names[i]}" -> "c_{{k}}" [fillcolor=gray];')
+    # Invisible edges 0 -> 1 -> ... keep the intermediate nodes in their order from left to right (graphviz
+    # would otherwise stack nodes that share their inputs in any order).
+    for a, b in zip(names[2:], names[3:]):
+        lines.append(f'  "{a}" -> "{b}" [style=invis, weight=4];')
     lines.append('}')
     return '\n'.join(lines) + '\n'
 

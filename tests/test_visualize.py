@@ -1,8 +1,13 @@
 """retrain/visualize.py through its CLI: bad input and a full disk end with one error line."""
+import shutil
+import subprocess
+
 import pytest
 
+import genotypes
 from conftest import assert_refused, check_refusal, error_lines, refusal_base, refused_in_copy, stage_cli
 from retrain import visualize
+from retrain.drawing import cell_dot
 
 
 @pytest.fixture(scope='module')
@@ -71,3 +76,19 @@ VISUALIZE_BAD_INPUTS = [
 def test_bad_input_is_refused_before_anything_is_written(foreign_runs, argv, message, prepare, tmp_path, capsys):
     code, before, after = refused_in_copy(visualize, foreign_runs, tmp_path, argv, prepare)
     assert_refused(code, capsys.readouterr().err, message, before, after)
+
+
+@pytest.mark.skipif(shutil.which('dot') is None, reason='graphviz dot is not installed')
+@pytest.mark.parametrize('name', sorted(genotypes.GENOTYPES))
+def test_intermediate_nodes_are_drawn_in_their_order_from_left_to_right(name):
+    """Laid out by graphviz (`dot -Tplain`: "node NAME X Y ..."), the nodes 0, 1, 2, 3 of both cells have
+    increasing x, whatever edges they share."""
+    geno = genotypes.GENOTYPES[name]
+    for which in ('normal', 'reduce'):
+        ops = getattr(geno, which)
+        plain = subprocess.run(['dot', '-Tplain'], input=cell_dot(ops, getattr(geno, f'{which}_concat'), which),
+                               capture_output=True, text=True, check=True).stdout
+        x = {f[1].strip('"'): float(f[2]) for f in (ln.split() for ln in plain.splitlines()) if f[0] == 'node'}
+        steps = [str(i) for i in range(len(ops) // 2)]
+        assert [x[s] for s in steps] == sorted(x[s] for s in steps) and len({x[s] for s in steps}) == len(steps), \
+            (name, which, {s: x[s] for s in steps})
