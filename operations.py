@@ -6,6 +6,12 @@ This module is a leaf: it imports nothing from the project.
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+# Strided dilated depthwise convolutions (stride == dilation) of channels-last tensors run as non-dilated ones
+# on one polyphase component of the input (the same products and sums); False runs them directly. oneDNN has no
+# fast kernel for dilated depthwise convolutions: their backward pass is several times slower than this one.
+POLYPHASE_DILATED = True
 
 OPS = {
     'none': lambda C, stride, affine: Zero(stride),
@@ -48,6 +54,28 @@ class ReLUFirst(ConvBNLayers, nn.Module):
         return x
 
 
+def _polyphase_conv(x, weight, d, padding):
+    """F.conv2d(x, weight, None, stride=d, padding, dilation=d, groups=C), computed without dilation: with the
+    stride equal to the dilation, every output reads only the polyphase component xp[:, :, ::d, ::d] of the
+    padded input, so a plain depthwise convolution of that component gives the same sums."""
+    xp = F.pad(x, (padding, padding, padding, padding))
+    return F.conv2d(xp[:, :, ::d, ::d], weight, None, 1, 0, 1, x.shape[1])
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """A depthwise nn.Conv2d (groups == channels, no bias; the same parameters and keys) whose strided dilated
+    form (stride == dilation, as in reduction cells) runs on one polyphase component of channels-last inputs
+    (see POLYPHASE_DILATED)."""
+
+    def forward(self, x):
+        d, p = self.dilation[0], self.padding[0]
+        if (POLYPHASE_DILATED and d > 1 and x.dim() == 4 and self.dilation == (d, d) and self.stride == (d, d)
+                and self.padding == (p, p) and self.bias is None and self.groups == x.shape[1]
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            return _polyphase_conv(x, self.weight, d, p)
+        return super().forward(x)
+
+
 class ReLUConvBN(ReLUFirst):
     """ReLU, kxk conv, BN (cell preprocessing uses k=1). Keys: op.1 (conv), op.2 (BN)."""
 
@@ -66,8 +94,8 @@ class DilConv(ReLUFirst):
         super().__init__()
         self.op = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
-                      groups=C_in, bias=False),
+            DepthwiseConv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                            groups=C_in, bias=False),
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )

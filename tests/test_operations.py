@@ -70,3 +70,34 @@ def test_named_conv_and_bn_layers_in_forward_order(name, stride, convs, bns):
     assert [names[m] for m in op.convs] == convs and [names[m] for m in op.bns] == bns
     pre = ReLUConvBN(4, 8, 1, 1, 0)
     assert pre.convs == [pre.op[1]] and pre.bns == [pre.op[2]]
+
+
+@pytest.mark.parametrize('k, H', [(3, 32), (5, 16), (3, 7)])
+def test_strided_dilated_depthwise_conv_on_one_polyphase_component_equals_the_dilated_conv(monkeypatch, k, H):
+    """dil_conv with stride 2 (reduction cells) on channels-last input runs a non-dilated conv of xp[::2, ::2]:
+    the same output, input gradient and weight gradient as PyTorch's dilated depthwise conv."""
+    import operations
+    calls = []
+    real = operations._polyphase_conv
+    monkeypatch.setattr(operations, '_polyphase_conv', lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    conv = operations.DepthwiseConv2d(8, 8, k, stride=2, padding=k - 1, dilation=2, groups=8, bias=False)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 8, H, H).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = conv(x)
+    g = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, conv.weight), g)
+    want = torch.nn.functional.conv2d(x, conv.weight, None, 2, k - 1, 2, 8)
+    wx, ww = torch.autograd.grad(want, (x, conv.weight), g)
+    assert calls == [1]
+    assert y.shape == want.shape
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, wx, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gw, ww, rtol=1e-4, atol=1e-4)   # sums of H*W*N products, another order
+
+
+def test_dil_conv_keeps_its_keys_and_conv_type():
+    import operations
+    op = OPS['dil_conv_3x3'](8, 2, True)
+    assert isinstance(op.op[1], torch.nn.Conv2d) and isinstance(op.op[1], operations.DepthwiseConv2d)
+    assert [k for k in op.state_dict() if k.endswith('weight')][:2] == ['op.1.weight', 'op.2.weight']
