@@ -191,7 +191,7 @@ def test_profile_groups_by_op_and_by_top_level_module():
             self.net, self.inner = TinyConvNet(), Inner()
 
         def forward(self, x):
-            return self.inner.forward_twice(self.net(x))
+            return self.inner.forward_twice(self.inner(self.net(x)))     # inner: 2 calls, one nested
     model = Outer()
     prof = profiling.profile_round(lambda: model(torch.randn(2, 3, 8, 8)).sum().backward(), model,
                                    torch.device('cpu'), top=3)
@@ -199,7 +199,7 @@ def test_profile_groups_by_op_and_by_top_level_module():
     ranked = [r['self_cpu_ms'] for r in prof['by_op']]
     assert ranked == sorted(ranked, reverse=True)
     modules = {r['name']: r['calls'] for r in prof['by_module']}
-    assert modules == {'net': 1, 'inner': 1}                  # inner's nested forward methods counted once
+    assert modules == {'net': 1, 'inner': 2}          # a call of forward and one of forward_twice
     assert 'forward' not in model.inner.__dict__ and 'forward_twice' not in model.inner.__dict__   # restored
     assert list(profiling.top_level_modules(TinyConvNet()))[1][0] == 'blocks.0'
     table = profiling.format_profile('x', prof)
