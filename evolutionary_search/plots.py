@@ -69,9 +69,9 @@ def plot_progress(path, history, metric):
     ax.set_zorder(right.get_zorder() + 1)
     ax.patch.set_visible(False)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc='lower right', fontsize=8)
     ax.set_title(f'search ({metric}): {history[-1]["scored"]} candidates in {len(history)} generations', fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(handles=handles, loc='lower center', ncol=3, fontsize=8, frameon=False)
     return _save(fig, Path(path))
 
 

@@ -188,6 +188,7 @@ def test_search_never_scores_a_candidate_over_the_limit(supernet, tmp_path, monk
     gens = [json.loads(ln) for ln in (run / 'metrics.jsonl').read_text().splitlines()]
     assert all(t['cost']['macs'] <= limit for g in gens for t in g['top_k'])
     assert sum(g['over_budget'] for g in gens) > 0                 # the limit did refuse proposals
+    assert all((run / name).read_bytes()[:4] == b'\x89PNG' for name in ('search_progress.png', 'pareto.png'))
 
 
 def test_impossible_limit_is_one_error_line_and_overwrites_nothing(supernet, tmp_path, capsys):

@@ -42,12 +42,16 @@ def test_demo_reports_and_skips_finished_stages_on_a_second_run(readme_runs):
     sandbox, results = readme_runs
     demo = sandbox / 'runs' / 'demo'
     report = (demo / 'report.md').read_text()
-    for needle in ('Supernet (stage 1)', 'Search: wlm', 'Search: angle+wlm', 'test accuracy after',
-                   'multiply-adds', 'Wall time', 'tensorboard --logdir', 'cell_normal'):
+    for needle in ('## 1. Supernet', '`wlm`, score = wlm', '`angle+wlm`, score = angle / pi', 'Do the two searches agree?',
+                   'baseline: a uniformly random cell', 'multiply-adds', 'Wall time', 'tensorboard --logdir',
+                   '](retrain/cell_normal.png)', '](search-wlm/search_progress.png)'):
         assert needle in report, needle
+    for image in ('search-wlm/search_progress.png', 'search-angle-wlm/search_progress.png', 'retrain/cell_reduce.png',
+                  'retrain-baseline/cell_normal.png'):
+        assert (demo / image).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', image
     before = snapshot_dir(demo / 'retrain')
     proc = run_script('demo.py', '--tiny', '--out', demo)
-    assert proc.stdout.count('done already') == 4 and '== 1. supernet: python3' not in proc.stdout, proc.stdout
+    assert proc.stdout.count('done already') == 5 and '== 1. supernet: python3' not in proc.stdout, proc.stdout
     assert snapshot_dir(demo / 'retrain') == before
 
 
