@@ -145,7 +145,7 @@ class SupernetRun:
         self.args, self.dist = args, Dist()
         refuse_other_kind(args.save, KIND)                 # before any work: a search or retrain run is not resumed
         self.resumed = read_resume(args.resume) if args.resume else Resume(None, None)
-        self.device = choose_device(args.device, self.dist.local_rank)
+        self.device = choose_device(args.device, self.dist.local_rank, deterministic=args.deterministic)
         seed_everything(args.seed + self.dist.rank)        # weights: DDP copies rank 0's to every rank
         if args.resume:                                    # the split the run started with, unless flags say otherwise
             inherit_split(args, self.resumed.args)
