@@ -71,11 +71,31 @@ def require_finite_loss(loss, where, fix, what='training loss'):
 
 def require_finite_weights(module, where, fix):
     """UserError when any floating tensor of module.state_dict() (weights, BN statistics) holds a NaN or an
-    infinity: called before saving, so that no checkpoint ever holds a diverged model."""
-    bad = [k for k, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise UserError(f'{len(bad)} weight tensors became NaN or infinite {where} (e.g. {bad[0]}); nothing of this '
-                        f'epoch was saved; {fix}')
+    infinity: called before saving, so that no checkpoint ever holds a diverged model. One reduction per
+    device and one host sync for the whole model; the tensors are searched by name only after it failed."""
+    floats = [(k, t) for k, t in module.state_dict().items() if t.is_floating_point()]
+    if all_finite([t for _, t in floats]):
+        return
+    bad = [k for k, t in floats if not torch.isfinite(t).all()]
+    raise UserError(f'{len(bad)} weight tensors became NaN or infinite {where} (e.g. {bad[0]}); nothing of this '
+                    f'epoch was saved; {fix}')
+
+
+def all_finite(tensors):
+    """True when no tensor holds a NaN or an infinity: the per-tensor checks are queued on their device and
+    stacked, and only the one result is read back (one .item(), one host-device sync)."""
+    if not tensors:
+        return True
+    flags = [torch.stack([torch.isfinite(t).all() for t in group]).all()
+             for group in _by_device(tensors).values()]
+    return bool(torch.stack([f.cpu() for f in flags]).all().item()) if len(flags) > 1 else bool(flags[0].item())
+
+
+def _by_device(tensors):
+    groups = {}
+    for t in tensors:
+        groups.setdefault(t.device, []).append(t)
+    return groups
 
 
 def resume_hint(run_dir, checkpoint):
