@@ -13,8 +13,9 @@ CUBLAS_WORKSPACE = ':4096:8'
 def add_deterministic_flag(parser):
     """--deterministic, one help text for every stage that trains or scores."""
     parser.add_argument('--deterministic', action='store_true',
-                        help='GPU: deterministic algorithms only (cuDNN benchmark off, '
-                             'torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG=:4096:8), so that a '
+                        help='GPU: deterministic algorithms (cuDNN benchmark off, '
+                             'torch.use_deterministic_algorithms, warning for an op without one; '
+                             'CUBLAS_WORKSPACE_CONFIG=:4096:8), so that a '
                              'resumed run equals an uninterrupted one bit for bit and equal inputs give equal '
                              'scores; slower. A CPU run is deterministic without it')
     return parser
