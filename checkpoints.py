@@ -10,10 +10,34 @@ import torch
 from utils import UserError, replace_atomically
 
 
+def to_cpu(obj):
+    """obj with every tensor inside (dicts, lists, tuples, named tuples, nested) moved to the CPU, so that a plain
+    torch.load works on a machine without a GPU; loading copies them back into the model and optimizer on their
+    device. A container whose tensors are all on the CPU already is returned itself (saved byte for byte as
+    before); a new dict keeps the attributes of the old one (a state_dict's `_metadata`)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        moved = {k: to_cpu(v) for k, v in obj.items()}
+        if all(moved[k] is v for k, v in obj.items()):
+            return obj
+        new = type(obj)(moved)
+        for name, value in getattr(obj, '__dict__', {}).items():
+            setattr(new, name, value)
+        return new
+    if isinstance(obj, (list, tuple)):
+        moved = [to_cpu(v) for v in obj]
+        if all(a is b for a, b in zip(moved, obj)):
+            return obj
+        return type(obj)(*moved) if hasattr(obj, '_fields') else type(obj)(moved)
+    return obj
+
+
 def save_checkpoint(state, path):
-    """torch.save (serialized in memory, so that write errors are plain OSErrors), atomically."""
+    """torch.save of `state` with every tensor on the CPU (serialized in memory, so that write errors are plain
+    OSErrors), atomically."""
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(to_cpu(state), buf)
     return replace_atomically(path, buf.getbuffer())
 
 

@@ -402,13 +402,22 @@ def load_search_data(args):
 
 # --- batches ------------------------------------------------------------------------------------------
 
+def to_device(t, device):
+    """t (drawn or indexed on the CPU) on `device`: to a GPU a non-blocking copy from pinned memory, so the host
+    goes on queueing work; elsewhere t.to(device) (a no-op for a CPU tensor on the CPU)."""
+    device = torch.device(device)
+    if device.type == 'cuda' and t.device.type == 'cpu':
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def augment_batch(x, generator, pad=4, flip=True, cutout=0):
     """Random crop (zero padding `pad`), horizontal flip on a float batch (B, C, H, W) in [0, 255]
     or normalized units; offsets and flips drawn from the CPU `generator`. Cutout is separate."""
     B, C, H, W = x.shape
     if pad:
-        oy = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(x.device)
-        ox = torch.randint(0, 2 * pad + 1, (B,), generator=generator).to(x.device)
+        oy = to_device(torch.randint(0, 2 * pad + 1, (B,), generator=generator), x.device)
+        ox = to_device(torch.randint(0, 2 * pad + 1, (B,), generator=generator), x.device)
         padded = F.pad(x, (pad, pad, pad, pad))                             # (B, C, H+2p, W+2p)
         rows = (oy[:, None] + torch.arange(H, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
         cols = (ox[:, None] + torch.arange(W, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
@@ -416,7 +425,7 @@ def augment_batch(x, generator, pad=4, flip=True, cutout=0):
         c = torch.arange(C, device=x.device)[None, :, None, None]
         x = padded[b, c, rows, cols]
     if flip:
-        mask = (torch.rand(B, generator=generator) < 0.5).to(x.device)
+        mask = to_device(torch.rand(B, generator=generator) < 0.5, x.device)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
 
@@ -424,8 +433,8 @@ def augment_batch(x, generator, pad=4, flip=True, cutout=0):
 def cutout_batch(x, length, generator):
     """DARTS cutout: zero a length x length square (clipped at the border) around a uniform centre."""
     B, _, H, W = x.shape
-    cy = torch.randint(0, H, (B,), generator=generator).to(x.device)
-    cx = torch.randint(0, W, (B,), generator=generator).to(x.device)
+    cy = to_device(torch.randint(0, H, (B,), generator=generator), x.device)
+    cx = to_device(torch.randint(0, W, (B,), generator=generator), x.device)
     ys, xs = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
     in_rows = (ys >= (cy - length // 2).clamp(0, H)[:, None]) & (ys < (cy + length // 2).clamp(0, H)[:, None])
     in_cols = (xs >= (cx - length // 2).clamp(0, W)[:, None]) & (xs < (cx + length // 2).clamp(0, W)[:, None])
@@ -480,8 +489,8 @@ class BatchLoader:
 
     def batch(self, idx, generator=None):
         """One batch for the given dataset indices, on the device, normalized (and augmented)."""
-        idx = idx.to(self.data.images.device)
-        x = self.data.images[idx].to(self.device, non_blocking=True).float()   # (B, C, H, W) in [0, 255]
+        idx = to_device(idx, self.data.images.device)      # resident images (a GPU): a non-blocking copy
+        x = to_device(self.data.images[idx], self.device).float()   # (B, C, H, W) in [0, 255]
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         if self.augment:
@@ -490,7 +499,7 @@ class BatchLoader:
         if self.augment and self.cutout:
             x = cutout_batch(x, self.cutout, generator)
         x = x.contiguous(memory_format=self.memory_format)
-        return x, self.data.labels[idx].to(self.device, non_blocking=True)
+        return x, to_device(self.data.labels[idx], self.device)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.rank))

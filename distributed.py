@@ -1,5 +1,6 @@
 """The torchrun environment: one helper that reads RANK / WORLD_SIZE / LOCAL_RANK, falls back to one process,
 and gates what only rank 0 does."""
+import itertools
 import os
 
 import torch
@@ -79,6 +80,30 @@ class Dist:
         if self.enabled:
             for buf in model.buffers():
                 dist.broadcast(buf, 0)
+
+    def broadcast_module(self, model):
+        """Every rank gets rank 0's parameters and buffers, as DistributedDataParallel's constructor gives them
+        (for a model trained without it, see average_gradients)."""
+        if self.enabled:
+            for t in itertools.chain(model.parameters(), model.buffers()):
+                dist.broadcast(t.detach(), 0)
+
+    def average_gradients(self, params):
+        """Average the gradients of `params` over the ranks, as DistributedDataParallel does (each divided by the
+        world size, then summed), in one all-reduce per dtype. Every rank must pass the same parameters in the
+        same order, each with a gradient on every rank or on none."""
+        if not self.enabled:
+            return
+        grads, seen = {}, set()
+        for p in params:
+            if p.grad is not None and id(p) not in seen:       # a parameter listed twice is averaged once
+                seen.add(id(p))
+                grads.setdefault(p.grad.dtype, []).append(p.grad)
+        for group in grads.values():
+            flat = torch.cat([g.reshape(-1) for g in group]).div_(self.world_size)
+            dist.all_reduce(flat)
+            for g, part in zip(group, flat.split([g.numel() for g in group])):
+                g.copy_(part.view_as(g))
 
     def wrap(self, model, device, **ddp_kwargs):
         """model in DistributedDataParallel under torchrun (gradients averaged over ranks), else model itself.

@@ -71,11 +71,31 @@ def require_finite_loss(loss, where, fix, what='training loss'):
 
 def require_finite_weights(module, where, fix):
     """UserError when any floating tensor of module.state_dict() (weights, BN statistics) holds a NaN or an
-    infinity: called before saving, so that no checkpoint ever holds a diverged model."""
-    bad = [k for k, t in module.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    if bad:
-        raise UserError(f'{len(bad)} weight tensors became NaN or infinite {where} (e.g. {bad[0]}); nothing of this '
-                        f'epoch was saved; {fix}')
+    infinity: called before saving, so that no checkpoint ever holds a diverged model. One reduction per
+    device and one host sync for the whole model; the tensors are searched by name only after it failed."""
+    floats = [(k, t) for k, t in module.state_dict().items() if t.is_floating_point()]
+    if all_finite([t for _, t in floats]):
+        return
+    bad = [k for k, t in floats if not torch.isfinite(t).all()]
+    raise UserError(f'{len(bad)} weight tensors became NaN or infinite {where} (e.g. {bad[0]}); nothing of this '
+                    f'epoch was saved; {fix}')
+
+
+def all_finite(tensors):
+    """True when no tensor holds a NaN or an infinity: the per-tensor checks are queued on their device and
+    stacked, and only the one result is read back (one .item(), one host-device sync)."""
+    if not tensors:
+        return True
+    flags = [torch.stack([torch.isfinite(t).all() for t in group]).all()
+             for group in _by_device(tensors).values()]
+    return bool(torch.stack([f.cpu() for f in flags]).all().item()) if len(flags) > 1 else bool(flags[0].item())
+
+
+def _by_device(tensors):
+    groups = {}
+    for t in tensors:
+        groups.setdefault(t.device, []).append(t)
+    return groups
 
 
 def resume_hint(run_dir, checkpoint):
@@ -86,9 +106,12 @@ def resume_hint(run_dir, checkpoint):
     return f'rerun with --resume {run_dir} (no epoch was saved yet, so it starts over from the beginning)'
 
 
-def backward_and_step(loss, optimizer, scaler, parameters, grad_clip):
-    """Backward through the (possibly disabled) scaler, clip the gradient norm, step."""
+def backward_and_step(loss, optimizer, scaler, parameters, grad_clip, after_backward=None):
+    """Backward through the (possibly disabled) scaler, after_backward() (stage 1 averages the gradients over
+    the processes there), clip the gradient norm, step."""
     scaler.scale(loss).backward()
+    if after_backward is not None:
+        after_backward()
     if grad_clip > 0:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
@@ -110,9 +133,10 @@ class StepResult(NamedTuple):
     loss: torch.Tensor
 
 
-def train_step(model, x, y, optimizer, scaler, criterion, cfg, forward_args=()):
+def train_step(model, x, y, optimizer, scaler, criterion, cfg, forward_args=(), after_backward=None):
     """One step: zero the gradients, forward model(x, *forward_args) (autocast with cfg.amp), cross-entropy plus
-    the weighted auxiliary loss where the model returns (logits, logits_aux), backward, clip, step."""
+    the weighted auxiliary loss where the model returns (logits, logits_aux), backward, after_backward(), clip,
+    step."""
     optimizer.zero_grad(set_to_none=cfg.set_to_none)
     with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=cfg.amp):
         out = model(x, *forward_args)         # through DDP / torch.compile when wrapped
@@ -120,7 +144,7 @@ def train_step(model, x, y, optimizer, scaler, criterion, cfg, forward_args=()):
         loss = criterion(logits, y)
         if logits_aux is not None:            # stage 3's networks in training mode with their auxiliary head
             loss = loss + cfg.auxiliary_weight * criterion(logits_aux, y)
-    backward_and_step(loss, optimizer, scaler, model.parameters(), cfg.grad_clip)
+    backward_and_step(loss, optimizer, scaler, model.parameters(), cfg.grad_clip, after_backward)
     return StepResult(logits, loss)
 
 
@@ -144,9 +168,11 @@ class EpochResult(NamedTuple):
 
 class Hooks(NamedTuple):
     """What a stage does around each step: forward_args() gives the model's extra forward arguments (stage 1:
-    the path it samples), after_step() runs after the optimizer step (stage 1: heap trimming)."""
+    the path it samples), after_backward() runs between backward and the clip (stage 1: the gradients of that
+    path averaged over the processes), after_step() after the optimizer step (stage 1: heap trimming)."""
     forward_args: Callable[[], tuple] = tuple
     after_step: Optional[Callable[[], None]] = None
+    after_backward: Optional[Callable[[], None]] = None
 
 
 class _Sums:
@@ -184,7 +210,8 @@ def train_epoch(model, batches, total, optimizer, scaler, criterion, step_cfg, c
     last_log = time.monotonic()
     bar = progress(batches, is_main=dist.is_main, total=total, desc=f'epoch {cfg.epoch + 1}/{cfg.epochs}')
     for step, (x, y) in enumerate(bar, 1):
-        out = train_step(model, x, y, optimizer, scaler, criterion, step_cfg, hooks.forward_args())
+        out = train_step(model, x, y, optimizer, scaler, criterion, step_cfg, hooks.forward_args(),
+                         hooks.after_backward)
         if hooks.after_step:
             hooks.after_step()
         sums.add(out.logits, out.loss, y)

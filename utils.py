@@ -122,9 +122,11 @@ def pop_noop_flags(args):
 
 
 def progress(iterable, is_main=True, **kwargs):
-    """A tqdm bar on the main process when stderr is a terminal (log lines carry progress otherwise)."""
+    """A tqdm bar on the main process when stderr is a terminal (log lines carry progress otherwise). Under
+    torchrun only rank 0 (RANK) draws, also where a rank runs a loop of its own (is_main of Dist.single())."""
     from tqdm import tqdm
-    return tqdm(iterable, disable=None if is_main else True, dynamic_ncols=True, leave=False, **kwargs)
+    draws = is_main and int(os.environ.get('RANK', 0)) == 0
+    return tqdm(iterable, disable=None if draws else True, dynamic_ncols=True, leave=False, **kwargs)
 
 
 def require(checks):

@@ -18,6 +18,7 @@ A score is a pure function of (candidate, ctx.seed, checkpoints, data): BN batch
 alone (every candidate sees the same images; from (seed, candidate) with bn_per_candidate), the weight
 noise and a stand-alone network's initial weights from (seed, candidate).
 """
+import functools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,16 +73,27 @@ PRECISIONS = ('fp32', 'tf32', 'bf16', 'fp16')
 @contextmanager
 def precision(ctx):
     """fp32 (TF32 off, also for cuDNN convolutions, where PyTorch allows it by default), tf32, or bf16 /
-    fp16 autocast. Reduced precision can hide a 0.001 weight perturbation: measure the ranking first
-    (benchmarks/precision_tau.py)."""
-    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    fp16 autocast; cuDNN benchmark off (its timed choice of algorithm could differ between processes). Reduced
+    precision can hide a 0.001 weight perturbation: measure the ranking first (benchmarks/precision_tau.py).
+    Every metric of METRICS runs under it (see `scored`); nested use keeps the outer settings."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = ctx.precision == 'tf32'
+    torch.backends.cudnn.benchmark = False
     dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(ctx.precision)
     try:
         with torch.autocast(ctx.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = flags
+
+
+def scored(metric):
+    """metric(ctx, candidate) run under precision(ctx): how every entry of METRICS is defined."""
+    @functools.wraps(metric)
+    def run(ctx, candidate):
+        with precision(ctx):
+            return metric(ctx, candidate)
+    return run
 
 
 # --- angle ---------------------------------------------------------------------------------------
@@ -211,37 +223,44 @@ def _acc_components(ctx, candidate, train_images=None, val_images=None):
     return {'acc': ev.acc, 'loss': ev.loss}
 
 
+@scored
 def score_angle(ctx, candidate):
     c = _angle_components(ctx, candidate)
     return {'score': c['angle'], **c}
 
 
+@scored
 def score_acc(ctx, candidate):
     c = _acc_components(ctx, candidate)
     return {'score': c['acc'], **c}
 
 
+@scored
 def score_wlm(ctx, candidate):
     c = _wlm_components(ctx, candidate)
     return {'score': c['wlm'], **c}
 
 
+@scored
 def score_wlm_l0(ctx, candidate):
     c = _wlm_l0_components(ctx, candidate)
     return {'score': c['wlm_l0'], **c}
 
 
+@scored
 def score_angle_wlm(ctx, candidate):
     c = {**_angle_components(ctx, candidate), **_wlm_components(ctx, candidate)}
     return {'score': c['angle_normalized'] + ctx.wlm_weight / ctx.stds[0] * c['wlm'], **c}
 
 
+@scored
 def score_acc_wlm(ctx, candidate):
     c = {**_acc_components(ctx, candidate, ctx.acc_train_img_size, ctx.acc_val_img_size),
          **_wlm_components(ctx, candidate)}
     return {'score': c['acc'] + ctx.wlm_weight / ctx.stds[0] * c['wlm'], **c}
 
 
+@scored
 def score_angle_acc(ctx, candidate):
     c = {**_angle_components(ctx, candidate), **_acc_components(ctx, candidate)}
     return {'score': c['angle_normalized'] + ctx.acc_weight * c['acc'], **c}
@@ -271,31 +290,37 @@ def _image_shape(ctx):
     return tuple(zero_cost_batch(ctx)[0].shape[1:])
 
 
+@scored
 def score_params(ctx, candidate):
     n = count_parameters(standalone_network(ctx, candidate))
     return {'score': float(n), 'params': n}
 
 
+@scored
 def score_macs(ctx, candidate):
     n = count_macs(standalone_network(ctx, candidate), torch.zeros(1, *_image_shape(ctx), device=ctx.device))
     return {'score': float(n), 'macs': n}
 
 
+@scored
 def score_synflow(ctx, candidate):
     s = zero_cost.synflow(standalone_network(ctx, candidate), _image_shape(ctx))
     return {'score': s, 'synflow': s}
 
 
+@scored
 def score_naswot(ctx, candidate):
     s = zero_cost.naswot(standalone_network(ctx, candidate), zero_cost_batch(ctx)[0])
     return {'score': s, 'naswot': s}
 
 
+@scored
 def score_grad_norm(ctx, candidate):
     s = zero_cost.grad_norm(standalone_network(ctx, candidate), *zero_cost_batch(ctx))
     return {'score': s, 'grad_norm': s}
 
 
+@scored
 def score_snip(ctx, candidate):
     s = zero_cost.snip(standalone_network(ctx, candidate), *zero_cost_batch(ctx))
     return {'score': s, 'snip': s}

@@ -74,8 +74,18 @@ def score_given(ctx, args, run, todo, dist):
 
 
 def save_search(run, evo, args, flags):
+    """The search checkpoint: the score-relevant flags, the device type the scores come from, the evolution."""
     atomic_write_text(run.path / CHECKPOINT, json.dumps({'args': {k: getattr(args, k) for k in flags},
-                                                         'evolution': evo.state_dict()}))
+                                                         'device': args.device_type, 'evolution': evo.state_dict()}))
+
+
+def check_device(path, saved, current):
+    """Scores depend on the device type (a GPU draws the weight noise from a CUDA generator, and its kernels
+    round differently): a search is continued only on the kind of device it started on. Checkpoints written
+    before the device was recorded (saved None) are not checked."""
+    if saved is not None and saved != current:
+        raise UserError(f'{path} was scored on {saved} and this run scores on {current}, which gives other scores; '
+                        f'resume it with --device {saved}, or --restart to start over on {current}')
 
 
 # What Evolution.load_state_dict reads from a saved state, and of what type.
@@ -114,6 +124,7 @@ def read_search(path, args, flags):
         saved, state = doc['args'], check_state(flag, path, doc['evolution'])
     except UserError as e:
         raise UserError(f'{e}; or start over with --restart') from None
+    check_device(path, doc.get('device'), args.device_type)
     # Flags added after a checkpoint was written are absent from it: compare with what the older version did.
     legacy = {**LEGACY_FLAGS,
               'split': 'none' if saved.get('split_data') == 0 else 'file' if saved.get('split_file') else 'seeded'}

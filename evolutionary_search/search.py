@@ -18,6 +18,7 @@ per generation), genotype.json (the best cell, for `retrain.py --arch`), log.txt
 import json
 import os
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,7 +32,7 @@ from evolutionary_search.metrics import METRICS, formula, reduced_to_one_term  #
 from evolutionary_search.runner import CHECKPOINT, read_search, run_search, score_given  # noqa: E402
 from evolutionary_search.supernet_io import INHERITED  # noqa: E402
 from spaces.base import read_candidates_file  # noqa: E402
-from devices import choose_device  # noqa: E402
+from devices import add_deterministic_flag, choose_device  # noqa: E402
 from distributed import Dist  # noqa: E402
 from inputs import SEED_MAX, numbers  # noqa: E402
 from seeding import seed_everything  # noqa: E402
@@ -68,6 +69,7 @@ def add_search_args(p):
                    help='BN recalibration images: shared: the same for every candidate (seeded by --seed); '
                         'per_candidate: drawn from (seed, candidate), like the reference\'s fresh batches per '
                         'candidate')
+    add_deterministic_flag(g)
     return g
 
 
@@ -164,8 +166,10 @@ def run_kind(args):
 def search_scoring(args, device, notes=None):
     """The supernet(s) and data of the search as a context.Scoring (its settings: args with the resolved space,
     test batch size and data split, what the run directory records)."""
-    return context.build_context(args, device, [args.metric], force_split=args.force_split, notes=notes,
-                                 bn_per_candidate=args.bn_images == 'per_candidate')
+    scoring = context.build_context(args, device, [args.metric], force_split=args.force_split, notes=notes,
+                                    bn_per_candidate=args.bn_images == 'per_candidate')
+    scoring.settings.device_type = device.type          # scores depend on it (see runner.check_device)
+    return scoring
 
 
 def build_budget(args, ctx, notes):
@@ -277,28 +281,28 @@ def search_summary(result, space, evo):
 @locks_released
 def main(args):
     dist = Dist()
-    device = choose_device(args.device, dist.local_rank, share=True)    # more ranks than GPUs: they share them
+    # More ranks than GPUs share them; scores must not depend on which cuDNN algorithm a rank timed fastest.
+    device = choose_device(args.device, dist.local_rank, share=True, deterministic=args.deterministic, benchmark=False)
     seed_everything(args.seed)
     ready = prepare(args, device)
     ctx, s = ready.scoring.ctx, ready.scoring.settings
-    dist.init(device, backend='gloo')   # ranks exchange only scores and states, on the CPU: they may share a GPU
-    evo = Evolution(s.max_epochs, s.population_num, s.select_num, s.mutation_num, s.crossover_num,
-                    s.m_prob, seed=s.seed, space=ctx.space, budget=ready.budget)
-    resuming, ckpt_path = open_search(s, dist, evo, searching=ready.todo is None)
-    run = Run(s.save, s, is_main=dist.is_main)
-    for note in ready.notes:
-        logger.info('%s', note)
-    if ready.todo is not None:
-        logger.info('scoring %d given candidates with %s on %d process(es)', len(ready.todo), s.metric,
-                    dist.world_size)
-        results = score_given(ctx, s, run, ready.todo, dist)
-    else:
-        start_search(s, run, evo, dist, resuming, ckpt_path)
-        results = search_summary(run_search(ctx, s, run, evo, dist, SCORE_FLAGS), ctx.space, evo)
-    run.close()
-    dist.close()
+    # Ranks exchange only scores and states, on the CPU: they may share a GPU. The group ends on every exit path.
+    with closing(dist.init(device, backend='gloo')):
+        evo = Evolution(s.max_epochs, s.population_num, s.select_num, s.mutation_num, s.crossover_num,
+                        s.m_prob, seed=s.seed, space=ctx.space, budget=ready.budget)
+        resuming, ckpt_path = open_search(s, dist, evo, searching=ready.todo is None)
+        run = Run(s.save, s, is_main=dist.is_main)
+        for note in ready.notes:
+            logger.info('%s', note)
+        if ready.todo is not None:
+            logger.info('scoring %d given candidates with %s on %d process(es)', len(ready.todo), s.metric,
+                        dist.world_size)
+            results = score_given(ctx, s, run, ready.todo, dist)
+        else:
+            start_search(s, run, evo, dist, resuming, ckpt_path)
+            results = search_summary(run_search(ctx, s, run, evo, dist, SCORE_FLAGS), ctx.space, evo)
+        run.close()
     return results
-
 
 def resume_hint(args):
     if run_kind(args) == 'scoring':

@@ -17,6 +17,7 @@ log.txt, args.json, metrics.jsonl, tb/, and the cell drawings cell_normal.* / ce
 """
 import argparse
 import sys
+from contextlib import closing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
@@ -25,7 +26,7 @@ import data  # noqa: E402
 import genotypes  # noqa: E402
 from retrain.retraining import KIND, build_model, image_size, read_given, run_evaluate, train  # noqa: E402
 from retrain.train_loop import CHECKPOINT, make_loaders  # noqa: E402
-from devices import choose_device, memory_format  # noqa: E402
+from devices import add_deterministic_flag, choose_device, memory_format  # noqa: E402
 from distributed import Dist  # noqa: E402
 from seeding import seed_everything  # noqa: E402
 from training import check_ranges  # noqa: E402
@@ -113,6 +114,7 @@ def _add_additions(g):
     g.add_argument('--channels_last', action=argparse.BooleanOptionalAction, default=True,
                    help='channels-last memory format (faster on CPU and with --amp on GPU)')
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='device of each process')
+    add_deterministic_flag(g)
     g.add_argument('--compile', action=argparse.BooleanOptionalAction, default=False,
                    help='torch.compile the network for training and evaluation (compiles once per mode at the start; '
                         'see docs/performance.md for when it pays off)')
@@ -152,7 +154,7 @@ def parse_args(argv=None):
 @locks_released
 def main(args):
     dist = Dist()
-    device = choose_device(args.device, dist.local_rank)
+    device = choose_device(args.device, dist.local_rank, deterministic=args.deterministic)
     if args.batch_size % dist.world_size:
         raise UserError(f'--batch_size {args.batch_size} (global) must be divisible by the {dist.world_size} processes')
     if args.batch_size // dist.world_size < 2:
@@ -163,14 +165,13 @@ def main(args):
     given = read_given(args)
     seed_everything(args.seed)
     genotype = genotypes.resolve_genotype(args.arch)
-    dist.init(device)
-    loaders = make_loaders(args, device, dist)
-    model = build_model(args, loaders.num_classes, genotype).to(device)
-    model = model.to(memory_format=memory_format(args.channels_last))
-    if args.evaluate:
-        return run_evaluate(args, model, loaders, device, dist, given.evaluate)
-    return train(args, model, genotype, loaders, device, dist, given.resume)
-
+    with closing(dist.init(device)):               # the process group ends on every exit path
+        loaders = make_loaders(args, device, dist)
+        model = build_model(args, loaders.num_classes, genotype).to(device)
+        model = model.to(memory_format=memory_format(args.channels_last))
+        if args.evaluate:
+            return run_evaluate(args, model, loaders, device, dist, given.evaluate)
+        return train(args, model, genotype, loaders, device, dist, given.resume)
 
 if __name__ == '__main__':
     run_cli(main, parse_args, resume_hint=lambda args: f'rerun with --resume {args.save}')

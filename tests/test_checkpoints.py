@@ -37,3 +37,53 @@ def test_state_dicts_of_wrapped_models_load(prefix):
     checkpoints.load_state_checked(target, {prefix + k: v for k, v in saved.state_dict().items()}, 'wrapped.pth')
     assert torch.equal(target.weight, saved.weight) and torch.equal(target.bias, saved.bias)
     assert list(checkpoints.strip_module_prefix({'a.b': 1, prefix + 'c': 2})) == ['a.b', prefix + 'c']   # not all: kept
+
+
+class OnGpu(torch.Tensor):
+    """Stands for a CUDA tensor: .cpu() returns a plain tensor (a GPU one would return its host copy)."""
+
+    def cpu(self, *args, **kwargs):
+        return torch.Tensor(self.as_subclass(torch.Tensor).clone())
+
+
+def test_saved_checkpoints_hold_cpu_tensors_only(tmp_path):
+    """Weights (a state_dict with its _metadata), optimizer state, RNG states, nested lists and named tuples:
+    every tensor is moved by .cpu() before torch.save, so torch.load works without a GPU."""
+    from typing import NamedTuple
+
+    class Pair(NamedTuple):
+        a: torch.Tensor
+        b: int
+
+    net = nn.BatchNorm1d(3)
+    opt = torch.optim.SGD(net.parameters(), 0.1, momentum=0.9)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    on_gpu = lambda t: t.as_subclass(OnGpu)      # noqa: E731
+    sd = net.state_dict()
+    gpu_sd = type(sd)((k, on_gpu(v)) for k, v in sd.items())
+    gpu_sd._metadata = sd._metadata
+    optim = opt.state_dict()
+    optim['state'] = {k: {n: on_gpu(v) for n, v in st.items()} for k, st in optim['state'].items()}
+    state = {'state_dict': gpu_sd, 'optimizer': optim, 'rng': {'cuda': [on_gpu(torch.zeros(4, dtype=torch.uint8))]},
+             'pair': Pair(on_gpu(torch.ones(2)), 3), 'epoch': 1}
+    moved = checkpoints.to_cpu(state)
+    found = []
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            found.append(type(x))
+        elif isinstance(x, dict):
+            list(map(walk, x.values()))
+        elif isinstance(x, (list, tuple)):
+            list(map(walk, x))
+    walk(moved)
+    assert len(found) == 5 + 2 + 1 + 1 and set(found) == {torch.Tensor}, found
+    assert moved['state_dict']._metadata == sd._metadata and isinstance(moved['pair'], Pair)
+    assert all(torch.equal(moved['state_dict'][k], v) for k, v in sd.items())
+    plain = {'a': torch.ones(2), 'b': [torch.zeros(1)]}          # CPU already: the very same objects
+    assert checkpoints.to_cpu(plain) is plain
+    del state['pair']                    # weights-only files hold no classes of their own
+    checkpoints.save_checkpoint(state, tmp_path / 'c.pth.tar')
+    loaded = torch.load(tmp_path / 'c.pth.tar', weights_only=True)
+    assert type(loaded['state_dict']['weight']) is torch.Tensor and type(loaded['rng']['cuda'][0]) is torch.Tensor

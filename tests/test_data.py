@@ -262,3 +262,45 @@ def test_missing_corrupt_or_unsafe_files(imagenet16, tmp_path):
     with pytest.raises(UserError, match='not allowed'):
         D.load_arrays('imagenet16-120', root, train=False)
     assert not marker.exists()                                                 # the file ran no code
+
+
+class _HostTensor:
+    """Stands for a CPU tensor: records how it is moved."""
+
+    def __init__(self, log, pinned=False):
+        self.log, self.pinned, self.device = log, pinned, torch.device('cpu')
+
+    def pin_memory(self):
+        self.log.append('pin')
+        return _HostTensor(self.log, pinned=True)
+
+    def to(self, device, non_blocking=False):
+        self.log.append(('to', torch.device(device).type, non_blocking, self.pinned))
+        return self
+
+
+def test_copies_to_a_gpu_are_non_blocking_from_pinned_memory():
+    log = []
+    D.to_device(_HostTensor(log), 'cuda')
+    assert log == ['pin', ('to', 'cuda', True, True)]
+    log.clear()
+    D.to_device(_HostTensor(log), torch.device('cpu'))            # never pinned for a CPU
+    assert log == [('to', 'cpu', False, False)]
+    t = torch.arange(3)
+    assert D.to_device(t, 'cpu') is t
+
+
+def test_every_copy_of_a_batch_goes_through_to_device(monkeypatch):
+    """Indices, images, labels and every augmentation draw (crop offsets, flips, cutout centres) are moved by
+    to_device; on a CPU the batches are unchanged."""
+    arrays = D.ArrayData(torch.randint(0, 255, (20, 3, 8, 8), dtype=torch.uint8), torch.arange(20) % 10, 10,
+                         mean=(0.5,) * 3, std=(0.25,) * 3, crop_pad=2)
+    loader = D.BatchLoader(arrays, torch.arange(20), 8, 'cpu', shuffle=True, augment=True, cutout=4, seed=3)
+    expected = list(loader)
+    moved = []
+    real = D.to_device
+    monkeypatch.setattr(D, 'to_device', lambda t, device: (moved.append(tuple(t.shape)), real(t, device))[1])
+    got = list(loader)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(expected, got))
+    # per batch of 8: indices, images, oy, ox, flip mask, cy, cx, labels
+    assert moved[:8] == [(8,), (8, 3, 8, 8), (8,), (8,), (8,), (8,), (8,), (8,)], moved

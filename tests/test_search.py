@@ -207,6 +207,28 @@ def test_refresh_resumes_and_only_restart_starts_over(supernet, tmp_path, capsys
     assert len(err.strip().splitlines()) == 1 and '--restart' in err and (run / 'genotype.json').read_text() == '{}'
 
 
+
+def test_resume_on_another_device_type_is_refused_and_older_checkpoints_resume(supernet, tmp_path, capsys):
+    """Scores depend on the device type: the checkpoint records it, a search begun on a GPU ("cuda", faked
+    here) is not continued on a CPU; a checkpoint from before the device was recorded still resumes."""
+    model = ['--model_path', supernet / 'checkpoint_epoch_1.pth.tar', '--device', 'cpu']
+    run = tmp_path / 'search'
+    assert cli_exit_code(search, model + REFRESH_SEARCH + ['--save', run, '--stop_after', 2]) == 0
+    path = run / 'search_checkpoint.json'
+    doc = json.loads(path.read_text())
+    assert doc['device'] == 'cpu'
+    path.write_text(json.dumps({**doc, 'device': 'cuda'}))
+    before = snapshot_dir(run)
+    capsys.readouterr()
+    assert cli_exit_code(search, model + REFRESH_SEARCH + ['--save', run, '--stop_after', 1]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and 'scored on cuda' in err and '--device cuda' in err, err
+    assert snapshot_dir(run) == before
+    del doc['device']                                        # written before the device was recorded
+    path.write_text(json.dumps(doc))
+    assert cli_exit_code(search, model + REFRESH_SEARCH + ['--save', run, '--stop_after', 1]) == 0
+    assert _scored(run) == 3 and json.loads(path.read_text())['device'] == 'cpu'
+
 # --- NAS-Bench-201 supernets ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize('metric', ['angle+wlm', 'acc'])

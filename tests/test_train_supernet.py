@@ -95,6 +95,59 @@ def test_two_process_supernet_training(ddp_supernet):
     assert set(last['grad_mask']) == sampled_path_parameters(seed=1, steps=4, C=4, layers=3)
 
 
+
+def shared_path_worker(rank, world_size, init_file, out):
+    """Rank `rank` of a gloo group: three SPOS steps (in-place zero gradients, as stage 1 by default) from
+    per-rank initial weights and batches, once through DDP(find_unused_parameters=True) and once through
+    SharedPath's one all-reduce of the sampled path's gradients; saves what each left."""
+    import torch.distributed as tdist
+    from distributed import Dist
+    from training import train_step
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size))
+    tdist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=world_size)
+    space, dist, ce = get_space('darts'), Dist(), torch.nn.CrossEntropyLoss()
+    cfg, scaler = StepConfig(5.0, set_to_none=False), torch.amp.GradScaler('cpu', enabled=False)
+    gen = torch.Generator().manual_seed(100 + rank)                  # each rank its own batches
+    batches = [(torch.randn(8, 3, 16, 16, generator=gen), torch.randint(0, 10, (8,), generator=gen))
+               for _ in range(3)]
+    result = {}
+    for mode in ('ddp', 'shared'):
+        torch.manual_seed(10 + rank)                                 # each rank its own initial weights
+        net = Network(4, 10, 3)
+        opt = torch.optim.SGD(net.parameters(), 0.05, momentum=0.9, weight_decay=3e-4)
+        rng = random.Random(5)                                       # the same paths on every rank
+        if mode == 'ddp':
+            model = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+            for x, y in batches:
+                train_step(model, x, y, opt, scaler, ce, cfg, space.forward_args(space.random_candidate(rng)))
+        else:
+            dist.broadcast_module(net)
+            path = supernet_training.SharedPath(net, rng, space, dist)
+            for x, y in batches:
+                train_step(net, x, y, opt, scaler, ce, cfg, path.forward_args(), path.average_gradients)
+        result[mode] = {'params': {n: p.detach().clone() for n, p in net.named_parameters()},
+                        'buffers': {n: b.clone() for n, b in net.named_buffers()},
+                        'grads': sorted(n for n, p in net.named_parameters() if p.grad is not None)}
+    torch.save(result, os.path.join(out, f'{rank}.pt'))
+    tdist.destroy_process_group()
+
+
+def test_shared_path_gradients_equal_ddp_with_unused_parameters(tmp_path):
+    """Two gloo processes: SharedPath's all-reduce of the path's gradients leaves every rank with the weights,
+    the gradient mask and (rank 0) the BN statistics that DDP(find_unused_parameters=True) gives, bit for bit."""
+    import torch.multiprocessing as mp
+    mp.spawn(shared_path_worker, args=(2, str(tmp_path / 'init'), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f'{r}.pt') for r in range(2)]
+    for r, res in enumerate(ranks):
+        ddp, shared = res['ddp'], res['shared']
+        assert ddp['grads'] == shared['grads'] and 0 < len(ddp['grads']) < len(ddp['params'])
+        assert all(torch.equal(ddp['params'][n], shared['params'][n]) for n in ddp['params']), r
+    assert all(torch.equal(ranks[0]['shared']['params'][n], v) for n, v in ranks[1]['shared']['params'].items())
+    assert all(torch.equal(ranks[0]['ddp']['buffers'][n], v) for n, v in ranks[0]['shared']['buffers'].items())
+    untrained = Network(4, 10, 3)
+    assert not torch.equal(untrained.stem[0].weight, ranks[0]['shared']['params']['stem.0.weight'])
+
 # --- bad input, interrupted runs, a full disk ----------------------------------------------------------
 
 # (id, argv given the fixture's base folder, text the one error line must hold)

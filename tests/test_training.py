@@ -27,6 +27,23 @@ def test_require_finite_weights_counts_bad_tensors():
         training.require_finite_weights(net, 'here', 'fix')
 
 
+
+def test_require_finite_weights_reads_one_value_back_for_the_whole_model(monkeypatch):
+    """A healthy model costs one host-device sync (one .item(), no bool() of a tensor), however many tensors it
+    has; the names are looked up only after that check failed."""
+    net = NetworkCIFAR(4, 10, 3, False, G.GENAS_FLATNESS_CIFAR10)
+    reads = []
+    item, to_bool = torch.Tensor.item, torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, 'item', lambda t: (reads.append('item'), item(t))[1])
+    monkeypatch.setattr(torch.Tensor, '__bool__', lambda t: (reads.append('bool'), to_bool(t))[1])
+    training.require_finite_weights(net, 'here', 'fix')
+    assert reads == ['item'] and len(net.state_dict()) > 50
+    with torch.no_grad():
+        net.classifier.weight[0, 0] = float('nan')
+    with pytest.raises(utils.UserError, match=r'^1 weight tensors became NaN or infinite here \(e.g. '
+                                              r'classifier.weight\)'):
+        training.require_finite_weights(net, 'here', 'fix')
+
 def test_a_log_line_at_least_every_30_seconds_whatever_report_freq_says(monkeypatch):
     """With --report_freq far above the epoch's steps, a step that ends 30 s or more after the last line logs
     one anyway (a redirected run is never silent for minutes); it changes nothing else."""

@@ -196,3 +196,23 @@ def test_append_on_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch):
         utils.append_line(path, '{"epoch": 2}')
     monkeypatch.undo()
     assert path.read_text() == '{"epoch": 1}\n'
+
+
+@pytest.mark.parametrize('rank, is_main, disable', [(None, True, None), ('0', True, None), ('1', True, True),
+                                                  ('0', False, True), ('3', False, True)])
+def test_only_rank_0_draws_a_progress_bar(monkeypatch, rank, is_main, disable):
+    """disable=None draws on a terminal; True never draws. Under torchrun (RANK) only rank 0 may draw, even
+    in a loop a rank runs on its own."""
+    if rank is None:
+        monkeypatch.delenv('RANK', raising=False)
+    else:
+        monkeypatch.setenv('RANK', rank)
+    captured = {}
+    import tqdm
+
+    class Spy:
+        def __init__(self, iterable, disable=None, **kwargs):
+            captured['disable'] = disable
+    monkeypatch.setattr(tqdm, 'tqdm', Spy)
+    utils.progress([1, 2], is_main=is_main)
+    assert captured['disable'] is disable

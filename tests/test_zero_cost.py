@@ -116,3 +116,34 @@ def test_standalone_metrics_use_the_network_at_initialisation(ctx):
     rng_before = torch.get_rng_state()
     M.score_synflow(ctx, CAND)
     assert torch.equal(torch.get_rng_state(), rng_before)
+
+
+
+@pytest.mark.parametrize('name', list(M.METRICS))
+def test_every_metric_runs_under_the_scoring_precision(ctx, name, monkeypatch):
+    """TF32 and cuDNN benchmark are on outside (as a training process leaves them); inside every metric (seen where
+    it builds its network, draws its batches or reads its weights) the fp32 scoring context has them off, bf16
+    scoring enters autocast; they are restored afterwards."""
+    seen = []
+
+    def spy(real):
+        def call(*args, **kwargs):
+            seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                         torch.backends.cudnn.benchmark, torch.is_autocast_enabled('cpu')))
+            return real(*args, **kwargs)
+        return call
+
+    for owner, attr in ((M, 'standalone_network'), (M, 'bn_batches'), (ctx.space, 'angle_vector')):
+        monkeypatch.setattr(owner, attr, spy(getattr(owner, attr)))
+    for owner, attr in ((torch.backends.cuda.matmul, 'allow_tf32'), (torch.backends.cudnn, 'allow_tf32'),
+                        (torch.backends.cudnn, 'benchmark')):
+        monkeypatch.setattr(owner, attr, True)
+    M.METRICS[name](ctx, CAND)
+    fp32 = len(seen)
+    low = copy.copy(ctx)
+    low.precision = 'bf16'
+    M.METRICS[name](low, CAND)
+    assert fp32 and set(seen[:fp32]) == {(False, False, False, False)}, seen
+    assert set(seen[fp32:]) == {(False, False, False, True)}, seen
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) \
+        == (True, True, True)

@@ -45,11 +45,34 @@ def supernet_step(model, x, y, candidate, optimizer, scaler, criterion, cfg, spa
     return train_step(model, x, y, optimizer, scaler, criterion, cfg, (space or get_space()).forward_args(candidate))
 
 
+class SharedPath:
+    """The path of each step, drawn from path_rng: the same on every rank (path_rng is seeded alike), so every rank
+    knows which parameters get gradients. Under torchrun those are averaged over the ranks by one all-reduce
+    (average_gradients) instead of DistributedDataParallel: plain DDP waits for gradients of every parameter
+    and hangs on the ops a step did not sample, and with find_unused_parameters it walks the autograd graph
+    each step and all-reduces every parameter, the unsampled ones as zeros. Ops not on the path keep their
+    gradient (None, or the in-place zeros of --zero_grad inplace) exactly as in one process."""
+
+    def __init__(self, model, path_rng, space, dist):
+        self.model, self.path_rng, self.space, self.dist = model, path_rng, space, dist
+        self.candidate = None
+
+    def forward_args(self):
+        self.candidate = self.space.random_candidate(self.path_rng)
+        return self.space.forward_args(self.candidate)
+
+    def average_gradients(self):
+        self.dist.average_gradients(self.model.path_parameters(self.candidate))
+
+
 def train_supernet_epoch(net, loader, optimizer, scaler, criterion, path_rng, space, step_cfg, cfg, dist, device,
                          trim_heap=None):
     """One epoch of SPOS through the shared loop: every step a fresh uniformly random (repaired) path drawn from
-    path_rng (the same on every rank); trim_heap (a HeapTrimmer) after each step. Returns its EpochResult."""
-    hooks = Hooks(forward_args=lambda: space.forward_args(space.random_candidate(path_rng)), after_step=trim_heap)
+    path_rng (the same on every rank), its gradients averaged over the ranks (SharedPath); trim_heap (a
+    HeapTrimmer) after each step. Returns its EpochResult."""
+    path = SharedPath(net, path_rng, space, dist)
+    hooks = Hooks(forward_args=path.forward_args, after_step=trim_heap,
+                  after_backward=path.average_gradients if dist.enabled else None)
     return train_epoch(net, loader, len(loader), optimizer, scaler, criterion, step_cfg, cfg, dist, device, hooks)
 
 
@@ -145,7 +168,7 @@ class SupernetRun:
         self.args, self.dist = args, Dist()
         refuse_other_kind(args.save, KIND)                 # before any work: a search or retrain run is not resumed
         self.resumed = read_resume(args.resume) if args.resume else Resume(None, None)
-        self.device = choose_device(args.device, self.dist.local_rank)
+        self.device = choose_device(args.device, self.dist.local_rank, deterministic=args.deterministic)
         seed_everything(args.seed + self.dist.rank)        # weights: DDP copies rank 0's to every rank
         if args.resume:                                    # the split the run started with, unless flags say otherwise
             inherit_split(args, self.resumed.args)
@@ -228,9 +251,10 @@ class SupernetRun:
     def train(self):
         """Epochs start_epoch .. --epochs (or --stop_after); rank 0's record of the last one ({} elsewhere)."""
         args, dist, device = self.args, self.dist, self.device
-        # Every rank trains the same path each step, so only that path's gradients are averaged; the
-        # others stay None or keep their in-place zeros exactly as in one process.
-        net = dist.wrap(self.model, device, find_unused_parameters=True)
+        # Not wrapped in DistributedDataParallel: every rank trains the same path each step, and SharedPath
+        # averages that path's gradients. The ranks start from rank 0's weights, as DDP would give them.
+        dist.broadcast_module(self.model)
+        net = self.model
         train_loader = BatchLoader(self.data.train, self.data.train_idx, args.batch_size, device, shuffle=True,
                                    augment=args.augment, seed=derive_seed(args.seed, 'train'), memory_format=self.fmt,
                                    rank=dist.rank, world_size=dist.world_size)

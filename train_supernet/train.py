@@ -13,11 +13,13 @@ resume exactly), split.json, log.txt, args.json, metrics.jsonl and TensorBoard e
 """
 import argparse
 import sys
+from contextlib import closing
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere
 
 from data import add_data_args  # noqa: E402
+from devices import add_deterministic_flag  # noqa: E402
 from spaces import SPACE_NAMES, get_space  # noqa: E402
 from train_supernet.heap import DEFAULT_HEADROOM  # noqa: E402
 from train_supernet.supernet_training import LAST, SupernetRun  # noqa: E402
@@ -60,6 +62,7 @@ def _add_run_flags(g):
     g.add_argument('--space', default='darts', choices=SPACE_NAMES,
                    help='search space: darts (the reference\'s) or nb201 (NAS-Bench-201, 6 edges x 5 ops)')
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='where to train')
+    add_deterministic_flag(g)
     g.add_argument('--workers', type=int, default=0,
                    help='unused for in-memory datasets (batches are augmented on the device); kept for '
                         'command-line compatibility')
@@ -124,8 +127,9 @@ def parse_args(argv=None):
 def main(args):
     """Train the supernet the flags describe; rank 0's metrics of the last epoch."""
     run = SupernetRun(args)
-    run.start()
-    return run.train()
+    with closing(run.dist):                 # the process group ends on every exit path
+        run.start()
+        return run.train()
 
 
 if __name__ == '__main__':
