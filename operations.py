@@ -65,7 +65,7 @@ def _polyphase_conv(x, weight, d, padding):
 class DepthwiseConv2d(nn.Conv2d):
     """A depthwise nn.Conv2d (groups == channels, no bias; the same parameters and keys) whose strided dilated
     form (stride == dilation, as in reduction cells) runs on one polyphase component of channels-last inputs
-    (see POLYPHASE_DILATED)."""
+    (see POLYPHASE_DILATED); under CPU autocast its dilated forms run in fp32."""
 
     def forward(self, x):
         d, p = self.dilation[0], self.padding[0]
@@ -73,6 +73,11 @@ class DepthwiseConv2d(nn.Conv2d):
                 and self.padding == (p, p) and self.bias is None and self.groups == x.shape[1]
                 and x.is_contiguous(memory_format=torch.channels_last)):
             return _polyphase_conv(x, self.weight, d, p)
+        if d > 1 and x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
+            # oneDNN's bf16 backward of a dilated depthwise convolution can return non-finite weight gradients
+            # (channels-last, torch 2.14.1); this one convolution runs in fp32 under CPU autocast.
+            with torch.autocast('cpu', enabled=False):
+                return super().forward(x.float())
         return super().forward(x)
 
 

@@ -22,16 +22,12 @@ if [ "$DEVICE" = cpu ]; then        # tiny: the dry run checks the script, not t
                  --max_train_img_size 32 --max_val_img_size 32 --batch_size 16 --test_batch_size 32)
     S3_SIZE=(--init_channels 4 --layers 3 --batch_size 16 --train_subset 64 --test_subset 32)
     JPEGS=2 INET_BATCH=4
-    # bf16 autocast of the channels-last supernet gives a NaN loss within a few steps on CPUs (torch 2.14.1 on an
-    # AVX2 EPYC; contiguous tensors train normally), so the CPU dry run checks --amp on contiguous tensors
-    S1_AMP=(--no-channels_last)
 else
     S1_SIZE=(--init_channels 8 --layers 5 --batch_size 64 --train_subset 2048 --valid_subset 512 --valid_bn_images 256)
     SEARCH_SIZE=(--max_epochs 2 --population_num 8 --select_num 3 --mutation_num 3 --crossover_num 3
                  --max_train_img_size 256 --max_val_img_size 512 --batch_size 64)
     S3_SIZE=(--init_channels 8 --layers 5 --batch_size 64 --train_subset 2048 --test_subset 512)
     JPEGS=16 INET_BATCH=16
-    S1_AMP=()
 fi
 S1=(train_supernet/train.py --dataset synthetic "${S1_SIZE[@]}" --seed 0 --device "$DEVICE" --report_freq 1000)
 SEARCH=(evolutionary_search/search.py --init_model_path "$WORK/s1/checkpoint_epoch_0.pth.tar"
@@ -84,7 +80,7 @@ EOF
 
 # --- stage 1: fp32, AMP, and with --deterministic an interrupted run against an uninterrupted one --------
 run s1_fp32 150 "$PY" "${S1[@]}" --epochs 2 --save "$WORK/s1"
-run s1_amp 120 "$PY" "${S1[@]}" --epochs 1 --amp "${S1_AMP[@]}" --save "$WORK/s1_amp"
+run s1_amp 120 "$PY" "${S1[@]}" --epochs 1 --amp --save "$WORK/s1_amp"
 run s1_det 150 "$PY" "${S1[@]}" --epochs 2 --deterministic --save "$WORK/s1_det"
 run s1_det_stop 120 "$PY" "${S1[@]}" --epochs 2 --deterministic --stop_after 1 --save "$WORK/s1_stop"
 run s1_det_resume 120 "$PY" "${S1[@]}" --epochs 2 --deterministic --resume "$WORK/s1_stop"

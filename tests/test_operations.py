@@ -1,8 +1,11 @@
+import random
+
 import pytest
 import torch
 
 import genotypes as G
 from operations import OPS, FactorizedReduce, ReLUConvBN, Zero
+from spaces.darts_supernet import Network
 
 
 def test_every_primitive_and_extra_op_has_a_constructor():
@@ -101,3 +104,22 @@ def test_dil_conv_keeps_its_keys_and_conv_type():
     op = OPS['dil_conv_3x3'](8, 2, True)
     assert isinstance(op.op[1], torch.nn.Conv2d) and isinstance(op.op[1], operations.DepthwiseConv2d)
     assert [k for k in op.state_dict() if k.endswith('weight')][:2] == ['op.1.weight', 'op.2.weight']
+
+
+def test_dilated_depthwise_gradients_stay_finite_under_cpu_bf16_autocast():
+    """oneDNN's bf16 backward of dilated depthwise convolutions (channels-last) returned non-finite weight
+    gradients for some paths of this small supernet (seed 0: 5 dil_conv_5x5 weights in 30 paths); those
+    convolutions run in fp32 under CPU autocast, so every gradient is finite."""
+    torch.manual_seed(0)
+    net = Network(4, 10, 3).to(memory_format=torch.channels_last)
+    rng = random.Random(0)
+    x = torch.randn(8, 3, 32, 32).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,))
+    for _ in range(30):
+        cand = G.random_candidate(rng)
+        net.zero_grad()
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            out = net(x, cand[:14], cand[14:])
+        torch.nn.functional.cross_entropy(out.float(), y).backward()
+        bad = [n for n, p in net.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        assert not bad, (cand, bad)
