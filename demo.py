@@ -31,6 +31,7 @@ import torch  # noqa: E402
 import genotypes  # noqa: E402
 from counting import count_macs, count_parameters  # noqa: E402
 from data import load_arrays  # noqa: E402
+from devices import Machine  # noqa: E402
 from inputs import SEED_MAX, json_document  # noqa: E402
 from spaces import get_space  # noqa: E402
 from utils import ArgumentParser, UserError, atomic_write_text, lock_run_dir, locks_released, read_metrics, run_cli  # noqa: E402,E501
@@ -116,7 +117,8 @@ def stages(out, scale, seed=0):
         Stage('1. supernet', 'supernet', d.supernet, final,
               ['train_supernet/train.py', *data, *cfg['supernet'], *seeded, '--save', d.supernet],
               resume_flags(d.supernet)),
-        Stage('2a. search wlm', 'search', d.wlm, d.wlm / 'genotype.json', [*search, '--metric', 'wlm', '--save', d.wlm]),
+        Stage('2a. search wlm', 'search', d.wlm, d.wlm / 'genotype.json',
+              [*search, '--metric', 'wlm', '--save', d.wlm]),
         Stage('2b. search angle+wlm', 'search', d.angle, d.angle / 'genotype.json',
               [*search, '--metric', 'angle+wlm', '--wlm_weight', WLM_WEIGHT, '--init_model_path',
                d.supernet / 'checkpoint_epoch_0.pth.tar', '--save', d.angle]),
@@ -214,6 +216,10 @@ CHANCE = 0.1                    # Fashion-MNIST: 10 balanced classes
 PARAMETRIC = ('sep_conv', 'dil_conv')
 
 
+def plural(n, word):
+    return f'{n} {word}' + ('' if n == 1 else 's')
+
+
 def read_json(path):
     return json.loads(Path(path).read_text())
 
@@ -250,7 +256,7 @@ def supernet_section(run_dir):
     sn, args = read_metrics(run_dir / 'metrics.jsonl')[-1], read_json(run_dir / 'args.json')
     acc = sn['valid_acc']
     lines = ['## 1. Supernet', '',
-             f'After {sn["epoch"]} epochs a random path reaches **{100 * acc:.1f}%** valid accuracy (mean of '
+             f'After {plural(sn["epoch"], "epoch")} a random path reaches **{100 * acc:.1f}%** valid accuracy (mean of '
              f'{args.get("valid_paths", 1)} random paths; train accuracy {100 * sn["train_acc"]:.1f}%), '
              f'{acc / CHANCE:.1f} times chance ({100 * CHANCE:.0f}%).', '']
     if acc < 2 * CHANCE:
@@ -328,8 +334,9 @@ def retrained(run_dir, genotype_path, label, test):
 
 def retrain_table(rows, rargs, side):
     lines = ['## 4. The searched cell against a baseline', '',
-             f'Both retrained from scratch with the same settings: C={rargs["init_channels"]}, {rargs["layers"]} cells, '
-             f'{rargs["epochs"]} epochs on {rargs["train_subset"] or "all"} training images, seed {rargs["seed"]}; '
+             f'Both retrained from scratch with the same settings: C={rargs["init_channels"]}, {rargs["layers"]} '
+             f'cells, {plural(rargs["epochs"], "epoch")} on {rargs["train_subset"] or "all"} training images, seed '
+             f'{rargs["seed"]}; '
              f'tested on {rows[0].final["val_images"]} test images.', '',
              f'| cell | convs | parameters | multiply-adds per {side} image | test top-1 | top-5 |',
              '|---|---|---|---|---|---|']
@@ -379,6 +386,7 @@ def report(out, scale, state, total):
     d = layout(out)
     seed = read_json(out / 'demo.json')['seed'] if (out / 'demo.json').exists() else None
     lines = [f'# GeNAS demo report ({scale} scale, Fashion-MNIST, seed {seed})', '',
+             f'Written on {Machine.here().line()}.', '',
              *supernet_section(d.supernet), '## 2. Searches', '',
              *search_section(d.wlm, '2a'), *search_section(d.angle, '2b'), *agreement_section(d.wlm, d.angle),
              *retrain_section(d), *wall_time_section(state, total),

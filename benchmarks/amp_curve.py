@@ -23,9 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.machine import Machine  # noqa: E402
 from data import DATASETS, BatchLoader, load_arrays  # noqa: E402
-from devices import choose_device, make_scaler  # noqa: E402
+from devices import Machine, choose_device, make_scaler  # noqa: E402
 from spaces import SPACE_NAMES, get_space  # noqa: E402
 from spaces.supernet import evaluate_candidate  # noqa: E402
 from train_supernet.supernet_training import supernet_step  # noqa: E402

@@ -44,11 +44,11 @@ import torch  # noqa: E402
 import torchvision.transforms as T  # noqa: E402
 
 import genotypes  # noqa: E402
-from benchmarks.machine import Machine, achieved, flops_of, matmul_peak  # noqa: E402
+from benchmarks.machine import achieved, flops_of, matmul_peak  # noqa: E402
 from benchmarks.profiling import format_profile, profile_round  # noqa: E402
 from counting import count_macs  # noqa: E402
 from data import BatchLoader, SearchData, synthetic_arrays  # noqa: E402
-from devices import amp_dtype, choose_device, make_scaler  # noqa: E402
+from devices import Machine, amp_dtype, choose_device, make_scaler  # noqa: E402
 from evolutionary_search import metrics  # noqa: E402
 from proxy_study.cells import sample_cells  # noqa: E402
 from retrain.train_loop import Protocol  # noqa: E402

@@ -33,6 +33,7 @@ from proxy_study import stats  # noqa: E402
 from proxy_study.analysis import fmt, plot_taus  # noqa: E402
 from proxy_study.records import read_jsonl  # noqa: E402
 from spaces import nb201, nb201_scores, nb201_truth  # noqa: E402
+from devices import ISA_FLAGS, cpu_model_and_flags  # noqa: E402
 from distributed import Dist  # noqa: E402
 from inputs import SEED_MAX, json_document, numbers, writable_dir  # noqa: E402
 from utils import (ArgumentParser, UserError, atomic_write_text, changed_flags, lock_run_dir, locks_released,  # noqa: E402
@@ -41,7 +42,6 @@ from utils import (ArgumentParser, UserError, atomic_write_text, changed_flags, 
 SCORES, SETTINGS, RUNS = 'scores.jsonl', 'settings.json', 'runs.jsonl'
 TINY_CELLS = 40
 ROOT = Path(__file__).resolve().parents[1]
-ISA_FLAGS = ('avx2', 'avx512f', 'amx_tile')
 
 
 def get_args_parser():
@@ -241,19 +241,10 @@ def plot_scatter(path, dataset, lines, acc, rows):
 # --- the run record and the report ------------------------------------------------------------------------
 
 def machine():
-    """CPU model and ISA flags (from /proc/cpuinfo where it exists), core count, torch version."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            key, _, value = line.partition(':')
-            if key.strip() == 'model name':
-                model = value.strip()
-            elif key.strip() == 'flags':
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {'cpu': model, 'isa': [f for f in ISA_FLAGS if f in flags], 'cores': os.cpu_count(),
-            'torch': torch.__version__, 'python': platform.python_version()}
+    """CPU model and ISA flags (devices.cpu_model_and_flags), core count, torch and Python versions."""
+    model, isa = cpu_model_and_flags()
+    return {'cpu': model, 'isa': list(isa), 'cores': os.cpu_count(), 'torch': torch.__version__,
+            'python': platform.python_version()}
 
 
 def load_average():

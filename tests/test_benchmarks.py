@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import devices
 from benchmarks import amp_curve, bench, machine, precision_tau, profiling
 from conftest import cli_exit_code, run_script
 from proxy_study import stats
@@ -91,13 +92,13 @@ def test_bench_search_ranks_checks_its_arguments_without_a_gpu():
 # --- the machine record, the GFLOP/s arithmetic, the profile ---------------------------------------------------
 
 def test_the_machine_record_names_this_machine():
-    m = machine.Machine.here('cpu')
+    m = devices.Machine.here('cpu')
     flags = set()
     for line in open('/proc/cpuinfo'):
         if line.startswith('flags'):
             flags = set(line.split(':', 1)[1].split())
             break
-    assert m.isa == tuple(f for f in machine.ISA_FLAGS if f in flags)
+    assert m.isa == tuple(f for f in devices.ISA_FLAGS if f in flags)
     assert m.cpu and m.cpu != 'unknown' and m.cpu in open('/proc/cpuinfo').read()
     assert m.cpu_capability == torch.backends.cpu.get_cpu_capability()
     assert (m.threads, m.torch, m.gpu) == (torch.get_num_threads(), torch.__version__, None)
@@ -111,7 +112,7 @@ def test_the_machine_record_names_this_machine():
 
 
 def test_amp_variants_are_skipped_on_a_cpu_without_bf16_with_a_note():
-    m = machine.Machine.here('cpu')
+    m = devices.Machine.here('cpu')
     plain = dataclasses.replace(m, isa=('avx2',))
     assert 'avx512_bf16 or amx_bf16' in bench.skip_reason('supernet_train:amp', 'cpu', plain)
     assert bench.skip_reason('supernet_train', 'cpu', plain) is None
@@ -213,10 +214,10 @@ def test_bench_tiny_runs_the_new_workloads_with_machine_gflops_and_profile(capsy
     argv = ['--tiny', '--profile', '--only', 'retrain_cifar,nb201_supernet_train,ground_truth_train:amp']
     out = bench.main(bench.parse_args(argv))
     s = out['settings']
-    assert set(out['machine']) == {f.name for f in dataclasses.fields(machine.Machine)}
+    assert set(out['machine']) == {f.name for f in dataclasses.fields(devices.Machine)}
     for name, res in out['results'].items():
         if 'skipped' in res:
-            assert name.endswith(':amp') and not machine.Machine.here().cpu_bf16
+            assert name.endswith(':amp') and not devices.Machine.here().cpu_bf16
             continue
         assert res['images_per_s'] > 0 and res['gflops_per_s'] > 0 and res['fraction_of_peak'] > 0, name
         assert res['machine']['cpu'] == out['machine']['cpu'] and res['machine']['threads'] == res['threads']

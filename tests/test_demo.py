@@ -52,8 +52,9 @@ def test_stages_are_named_records_of_the_three_kinds(tmp_path):
     assert all(s.command[s.command.index('--seed') + 1] == 5 for s in got)      # every stage follows --seed
     assert not any(s.resume for s in got)                 # nothing started yet: nothing to resume
     retrains = [s for s in got if s.kind == 'retrain']    # the baseline is retrained exactly as the searched cell
-    assert [a for a in retrains[0].command if a not in (retrains[0].run_dir, tmp_path / 'search-wlm' / 'genotype.json')] \
-        == [a for a in retrains[1].command if a not in (retrains[1].run_dir, tmp_path / 'baseline_genotype.json')]
+    searched, baseline = (tmp_path / 'search-wlm' / 'genotype.json', tmp_path / 'baseline_genotype.json')
+    assert ([a for a in retrains[0].command if a not in (retrains[0].run_dir, searched)]
+            == [a for a in retrains[1].command if a not in (retrains[1].run_dir, baseline)])
 
 
 def test_the_baseline_cell_is_a_uniform_cell_drawn_with_the_demo_seed(tmp_path):
@@ -62,7 +63,8 @@ def test_the_baseline_cell_is_a_uniform_cell_drawn_with_the_demo_seed(tmp_path):
         (tmp_path / str(seed)).mkdir()
         path = demo.write_baseline(tmp_path / str(seed), seed)
         assert genotypes.encode(genotypes.load_genotype(path)) == space.uniform_sample(1, seed)[0]
-    assert (tmp_path / '0' / 'baseline_genotype.json').read_text() != (tmp_path / '1' / 'baseline_genotype.json').read_text()
+    drawn = [(tmp_path / str(seed) / 'baseline_genotype.json').read_text() for seed in (0, 1)]
+    assert drawn[0] != drawn[1]
 
 
 def test_a_demo_directory_refuses_another_seed_or_scale_and_keeps_its_files(tmp_path, capsys):
