@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, one command: install what this machine lacks, then run the whole pipeline on
-# Fashion-MNIST offline (demo.py; about 10 minutes on 2 CPU cores, measured 9.4). Arguments go to demo.py
-# (--tiny, --force, --out DIR). `bash demo.sh --check-only` lists the missing Python requirements and
+# Fashion-MNIST offline (demo.py; about 7 minutes on 2 CPU cores, see the README). Arguments go to demo.py
+# (--seed N, --tiny, --force, --out DIR). `bash demo.sh --check-only` lists the missing Python requirements and
 # installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")"

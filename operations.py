@@ -75,9 +75,9 @@ class DepthwiseConv2d(nn.Conv2d):
             return _polyphase_conv(x, self.weight, d, p)
         if d > 1 and x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
             # oneDNN's bf16 backward of a dilated depthwise convolution can return non-finite weight gradients
-            # (channels-last, torch 2.14.1); this one convolution runs in fp32 under CPU autocast.
+            # (channels-last, torch 2.14.1); this one convolution runs in its weights' precision under CPU autocast.
             with torch.autocast('cpu', enabled=False):
-                return super().forward(x.float())
+                return super().forward(x.to(self.weight.dtype))
         return super().forward(x)
 
 
