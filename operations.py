@@ -8,10 +8,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Strided dilated depthwise convolutions (stride == dilation) of channels-last tensors run as non-dilated ones
-# on one polyphase component of the input (the same products and sums); False runs them directly. oneDNN has no
-# fast kernel for dilated depthwise convolutions: their backward pass is several times slower than this one.
-POLYPHASE_DILATED = True
+# Strided dilated depthwise convolutions (stride == dilation) of channels-last tensors can run as non-dilated ones
+# on one polyphase component of the input (the same products and sums). oneDNN has no fast kernel for dilated
+# depthwise convolutions: their backward pass is several times slower. Off by default: its gradients differ from
+# the direct convolution's in the last bits, so a run started by an earlier version of this code would no longer
+# resume to that version's result bit for bit.
+POLYPHASE_DILATED = False
 
 OPS = {
     'none': lambda C, stride, affine: Zero(stride),
@@ -65,7 +67,7 @@ def _polyphase_conv(x, weight, d, padding):
 class DepthwiseConv2d(nn.Conv2d):
     """A depthwise nn.Conv2d (groups == channels, no bias; the same parameters and keys) whose strided dilated
     form (stride == dilation, as in reduction cells) runs on one polyphase component of channels-last inputs
-    (see POLYPHASE_DILATED); under CPU autocast its dilated forms run in fp32."""
+    (see POLYPHASE_DILATED); under CPU autocast its dilated forms run in their weights' precision."""
 
     def forward(self, x):
         d, p = self.dilation[0], self.padding[0]
