@@ -83,19 +83,11 @@ def require_finite_weights(module, where, fix):
 
 def all_finite(tensors):
     """True when no tensor holds a NaN or an infinity: the per-tensor checks are queued on their device and
-    stacked, and only the one result is read back (one .item(), one host-device sync)."""
-    if not tensors:
-        return True
-    flags = [torch.stack([torch.isfinite(t).all() for t in group]).all()
-             for group in _by_device(tensors).values()]
-    return bool(torch.stack([f.cpu() for f in flags]).all().item()) if len(flags) > 1 else bool(flags[0].item())
-
-
-def _by_device(tensors):
-    groups = {}
+    stacked, and only one result per device is read back (one host-device sync for a model on one device)."""
+    by_device = {}
     for t in tensors:
-        groups.setdefault(t.device, []).append(t)
-    return groups
+        by_device.setdefault(t.device, []).append(t)
+    return all(torch.stack([torch.isfinite(t).all() for t in group]).all().item() for group in by_device.values())
 
 
 def resume_hint(run_dir, checkpoint):
