@@ -8,12 +8,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# Strided dilated depthwise convolutions (stride == dilation) of channels-last tensors can run as non-dilated ones
-# on one polyphase component of the input (the same products and sums). oneDNN has no fast kernel for dilated
-# depthwise convolutions: their backward pass is several times slower. Off by default: its gradients differ from
-# the direct convolution's in the last bits, so a run started by an earlier version of this code would no longer
-# resume to that version's result bit for bit.
-POLYPHASE_DILATED = False
+# How dilated depthwise convolutions (the dil_conv ops) run on a CPU: 'polyphase' (the default) or 'direct'.
+# oneDNN's kernels for their backward pass are several times slower than for non-dilated ones; with dilation d,
+# each polyphase component x[..., r::d, s::d] of the input only meets itself, so 'polyphase' computes the same sums
+# with non-dilated kernels: a strided one (stride == dilation, as in reduction cells) runs as a plain convolution of
+# one component; a stride-1 one keeps the direct forward and computes its input gradient as the dilated forward of
+# the flipped kernel and its weight gradient from the d*d components stacked into the batch. Forward outputs are
+# those of 'direct' bit for bit; gradients agree to float rounding (another order of the same sums). 'direct' is
+# PyTorch's own dilated convolution: what a run made before this choice existed used, so such a run resumes bit
+# for bit (see set_dilated_conv). Other devices always run 'direct'.
+DILATED_FORMS = ('polyphase', 'direct')
+_dilated_form = 'polyphase'
+
+
+def set_dilated_conv(form):
+    """Choose how dilated depthwise convolutions run on a CPU from now on (one of DILATED_FORMS)."""
+    global _dilated_form
+    if form not in DILATED_FORMS:
+        raise ValueError(f'dilated convolution form {form!r}: choose from {", ".join(DILATED_FORMS)}')
+    _dilated_form = form
+
+
+def dilated_conv():
+    """The form dilated depthwise convolutions run in now (see set_dilated_conv)."""
+    return _dilated_form
+
 
 OPS = {
     'none': lambda C, stride, affine: Zero(stride),
@@ -56,7 +75,7 @@ class ReLUFirst(ConvBNLayers, nn.Module):
         return x
 
 
-def _polyphase_conv(x, weight, d, padding):
+def _strided_polyphase_conv(x, weight, d, padding):
     """F.conv2d(x, weight, None, stride=d, padding, dilation=d, groups=C), computed without dilation: with the
     stride equal to the dilation, every output reads only the polyphase component xp[:, :, ::d, ::d] of the
     padded input, so a plain depthwise convolution of that component gives the same sums."""
@@ -64,22 +83,87 @@ def _polyphase_conv(x, weight, d, padding):
     return F.conv2d(xp[:, :, ::d, ::d], weight, None, 1, 0, 1, x.shape[1])
 
 
+def _components(x, d):
+    """The d*d polyphase components x[:, :, r::d, s::d] of an (N, C, H, W) tensor (H, W multiples of d) stacked
+    into the batch, r-major: (d*d*N, C, H/d, W/d), channels-last."""
+    N, C, H, W = x.shape
+    hwc = x.permute(0, 2, 3, 1).reshape(N, H // d, d, W // d, d, C)
+    return hwc.permute(2, 4, 0, 1, 3, 5).reshape(d * d * N, H // d, W // d, C).permute(0, 3, 1, 2)
+
+
+class _DilatedDepthwise(torch.autograd.Function):
+    """A stride-1 depthwise convolution with dilation d and 'same' padding d*(k-1)/2: PyTorch's forward; the input
+    gradient as the same convolution of the output gradient with the flipped kernel; the weight gradient as that
+    of a non-dilated convolution (padding (k-1)/2) over the stacked polyphase components of input and output
+    gradient, in which every output sum is the same."""
+
+    @staticmethod
+    def forward(ctx, x, weight, d, padding):
+        ctx.save_for_backward(x, weight)
+        ctx.d, ctx.padding = d, padding
+        return F.conv2d(x, weight, None, 1, padding, d, x.shape[1])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        d, p, C = ctx.d, ctx.padding, x.shape[1]
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv2d(grad, weight.flip(2, 3), None, 1, p, d, C)
+        if ctx.needs_input_grad[1]:
+            grad_w = _dilated_weight_grad(grad, x, weight, d, p)
+        return grad_x, grad_w, None, None
+
+
+def _dilated_weight_grad(grad, x, weight, d, p):
+    """The weight gradient of _DilatedDepthwise: a non-dilated one over the stacked polyphase components, or, where
+    a component is smaller than the kernel (oneDNN is slow there), one product sum per kernel tap."""
+    N, C, H, W = x.shape
+    k = weight.shape[-1]
+    if H // d >= k and W // d >= k:
+        q = p // d
+        return torch.ops.aten.convolution_backward(_components(grad, d), _components(x, d), weight, None, [1, 1],
+                                                   [q, q], [1, 1], False, [0, 0], C, [False, True, False])[1]
+    xp = F.pad(x, (p, p, p, p))
+    taps = [(grad * xp[:, :, d * i:d * i + H, d * j:d * j + W]).sum((0, 2, 3)) for i in range(k) for j in range(k)]
+    return torch.stack(taps, 1).reshape(C, 1, k, k).to(weight.dtype)
+
+
+def _polyphase_form(conv, x):
+    """Which polyphase computation applies to DepthwiseConv2d `conv` on input x: 'strided', 'stride1' or None."""
+    d, p, k = conv.dilation[0], conv.padding[0], conv.kernel_size[0]
+    if (_dilated_form != 'polyphase' or d == 1 or x.device.type != 'cpu' or x.dim() != 4
+            or conv.dilation != (d, d) or conv.padding != (p, p) or conv.kernel_size != (k, k)
+            or conv.bias is not None or conv.groups != x.shape[1] or conv.padding_mode != 'zeros'):
+        return None
+    if conv.stride == (d, d):
+        return 'strided'
+    if conv.stride == (1, 1) and p == d * (k - 1) // 2 and x.shape[2] % d == 0 and x.shape[3] % d == 0:
+        return 'stride1'
+    return None
+
+
 class DepthwiseConv2d(nn.Conv2d):
-    """A depthwise nn.Conv2d (groups == channels, no bias; the same parameters and keys) whose strided dilated
-    form (stride == dilation, as in reduction cells) runs on one polyphase component of channels-last inputs
-    (see POLYPHASE_DILATED); under CPU autocast its dilated forms run in their weights' precision."""
+    """A depthwise nn.Conv2d (groups == channels, no bias; the same parameters and keys) whose dilated forms run
+    through polyphase components on a CPU (see set_dilated_conv); under CPU autocast its dilated forms run in their
+    weights' precision."""
 
     def forward(self, x):
-        d, p = self.dilation[0], self.padding[0]
-        if (POLYPHASE_DILATED and d > 1 and x.dim() == 4 and self.dilation == (d, d) and self.stride == (d, d)
-                and self.padding == (p, p) and self.bias is None and self.groups == x.shape[1]
-                and x.is_contiguous(memory_format=torch.channels_last)):
-            return _polyphase_conv(x, self.weight, d, p)
+        d = self.dilation[0]
         if d > 1 and x.device.type == 'cpu' and torch.is_autocast_enabled('cpu'):
             # oneDNN's bf16 backward of a dilated depthwise convolution can return non-finite weight gradients
             # (channels-last, torch 2.14.1); this one convolution runs in its weights' precision under CPU autocast.
             with torch.autocast('cpu', enabled=False):
-                return super().forward(x.to(self.weight.dtype))
+                return self._forward(x.to(self.weight.dtype))
+        return self._forward(x)
+
+    def _forward(self, x):
+        form = _polyphase_form(self, x)
+        if form == 'strided':
+            return _strided_polyphase_conv(x, self.weight, self.dilation[0], self.padding[0])
+        if form == 'stride1':
+            return _DilatedDepthwise.apply(x, self.weight, self.dilation[0], self.padding[0])
         return super().forward(x)
 
 

@@ -12,11 +12,41 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 import inputs
+import operations
 from checkpoints import load_checkpoint, load_state_checked
 from devices import amp_dtype
 from seeding import get_rng_state
 from utils import (UserError, check_new_run_dir, lock_run_dir, logger, progress, refuse_other_kind,
                    restarts_from_beginning)
+
+# What a run recorded without a --dilated_conv choice (made before it existed) ran: PyTorch's dilated convolutions.
+UNRECORDED_DILATED_CONV = 'direct'
+
+
+def add_dilated_conv_flag(parser):
+    """--dilated_conv, one help text for every stage that trains."""
+    parser.add_argument('--dilated_conv', default=None, choices=operations.DILATED_FORMS,
+                        help='how a CPU computes the dil_conv ops: polyphase (non-dilated kernels on the polyphase '
+                             'components, several times faster in the backward pass; the same forward, gradients '
+                             'equal to float rounding) or direct (PyTorch\'s dilated kernels). Default: polyphase '
+                             'for a new run; a resumed run keeps the form it started with (direct for a run that '
+                             'recorded none). A GPU always runs direct')
+    return parser
+
+
+def use_dilated_conv(asked, recorded, what):
+    """Switch the dil_conv ops to the form of a run and return it: `asked` (the flag; None: not given), else the
+    form in `recorded` (the run's recorded args, or None for a new run), else polyphase for a new run and direct
+    for a recorded run without one. Asking another form than the run recorded warns: it will not equal an
+    uninterrupted run. `what` names the run in that warning."""
+    started = None if recorded is None else recorded.get('dilated_conv') or UNRECORDED_DILATED_CONV
+    form = asked or started or operations.DILATED_FORMS[0]
+    if started is not None and form != started:
+        logger.warning('WARNING: %s computed dilated convolutions as --dilated_conv %s; continuing with %s as asked: '
+                       'the run will differ from an uninterrupted one in the last bits', what, started, form)
+    operations.set_dilated_conv(form)
+    return form
+
 
 # A redirected run (log.txt, a batch job) prints a training line at least this often, whatever --report_freq says.
 LOG_EVERY_S = 30.0

@@ -44,6 +44,7 @@ import torch  # noqa: E402
 import torchvision.transforms as T  # noqa: E402
 
 import genotypes  # noqa: E402
+import operations  # noqa: E402
 from benchmarks.machine import achieved, flops_of, matmul_peak  # noqa: E402
 from benchmarks.profiling import format_profile, profile_round  # noqa: E402
 from counting import count_macs  # noqa: E402
@@ -69,6 +70,7 @@ LEVERS = ['supernet_train:contiguous', 'supernet_train:reference_forward', 'supe
           'score_wlm:contiguous',
           'score_wlm:reference_forward', 'score_wlm:no_grad', 'score_wlm:test_batch_256', 'score_wlm:deepcopy',
           'retrain_cifar:contiguous', 'nb201_supernet_train:contiguous', 'ground_truth_train:contiguous',
+          'supernet_train:direct_dilated', 'retrain_cifar:direct_dilated', 'ground_truth_train:direct_dilated',
           'data:tensor_batches', 'data:pil_per_image']
 GPU_VARIANTS = ['supernet_train:amp', 'retrain_cifar:amp', 'nb201_supernet_train:amp', 'ground_truth_train:amp',
                 'score_wlm:test_batch_64']
@@ -509,6 +511,8 @@ def worker(name, device_name, tiny, profile=False):
     device = choose_device(device_name)
     workload, _, variant = name.partition(':')
     s = settings(tiny)
+    if variant == 'direct_dilated':         # PyTorch's own dilated depthwise convolutions (--dilated_conv direct)
+        operations.set_dilated_conv('direct')
     if workload.startswith('score_'):
         w = bench_score(device, s, workload[len('score_'):], variant)
     else:

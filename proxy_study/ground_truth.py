@@ -35,7 +35,7 @@ from counting import count_macs, count_parameters  # noqa: E402
 from devices import choose_device  # noqa: E402
 from distributed import Dist  # noqa: E402
 from seeding import derive_seed, seed_everything  # noqa: E402
-from training import check_ranges  # noqa: E402
+from training import UNRECORDED_DILATED_CONV, add_dilated_conv_flag, check_ranges, use_dilated_conv  # noqa: E402
 from utils import (ArgumentParser, UserError, atomic_write_text, changed_flags, lock_run_dir,  # noqa: E402
                    locks_released, logger, refuse_other_kind, require, run_cli, setup_logging)
 
@@ -44,7 +44,7 @@ KIND = 'ground-truth'       # what its run directory holds (utils.RUN_KINDS)
 # The flags that define the training protocol: recorded in every line, fixed for a run directory.
 PROTOCOL = ['dataset', 'epochs', 'train_subset', 'subset_seed', 'test_subset', 'init_channels', 'layers',
             'batch_size', 'learning_rate', 'momentum', 'weight_decay', 'grad_clip', 'auxiliary', 'auxiliary_weight',
-            'drop_path_prob', 'cutout_length', 'label_smooth', 'amp']
+            'drop_path_prob', 'cutout_length', 'label_smooth', 'amp', 'dilated_conv']
 
 
 def get_args_parser():
@@ -72,6 +72,7 @@ def get_args_parser():
     g.add_argument('--cutout_length', type=int, default=16, help='cutout square side (0: off)')
     g.add_argument('--label_smooth', type=float, default=0.0, help='label smoothing')
     g.add_argument('--amp', action='store_true', help='mixed precision (GPUs)')
+    add_dilated_conv_flag(g)
     g = p.add_argument_group('run')
     g.add_argument('--save', required=True, help='run directory (rerun to resume)')
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='device of each process')
@@ -145,14 +146,22 @@ def train_pair(cell, seed, args, sets, device):
             'params': params, 'macs': macs, 'protocol': protocol_of(args)}
 
 
+def recorded_protocol(save):
+    """The protocol record of run directory `save`, None where there is none yet."""
+    path = Path(save) / PROTOCOL_FILE
+    return inputs.json_document('--save', path, {}, 'the protocol record of a ground truth') if path.exists() else None
+
+
 def refuse_other_protocol(save, args):
     """A run directory holds one protocol: UserError when the one it recorded differs from the flags' (reads
     only, so it runs before the directory is claimed)."""
-    path = Path(save) / PROTOCOL_FILE
-    if not path.exists():
+    recorded = recorded_protocol(save)
+    if recorded is None:
         return
     current = protocol_of(args)
-    recorded = inputs.json_document('--save', path, {}, 'the protocol record of a ground truth')
+    recorded = {'dilated_conv': UNRECORDED_DILATED_CONV, **recorded}
+    if current['dilated_conv'] is None:             # not asked: the directory's own
+        current['dilated_conv'] = recorded['dilated_conv']
     # A flag the record lacks counts as None: refused unless it is None here too.
     changed = changed_flags(recorded, current, fallback=dict.fromkeys(current))
     if changed:
@@ -191,6 +200,7 @@ def main(args):
     save = Path(args.save)
     refuse_other_kind(save, KIND)                        # every rank, reading only; rank 0 takes the lock below
     refuse_other_protocol(save, args)
+    args.dilated_conv = use_dilated_conv(args.dilated_conv, recorded_protocol(save), save)
     cells = select_cells(args.num_cells, args.sample_seed, args.candidates, args.arch)
     sets = load_sets(args, device)                       # fails on missing data before anything is written
     if dist.is_main:            # the other ranks write their own pairs/ files into the directory rank 0 holds

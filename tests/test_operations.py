@@ -75,29 +75,60 @@ def test_named_conv_and_bn_layers_in_forward_order(name, stride, convs, bns):
     assert pre.convs == [pre.op[1]] and pre.bns == [pre.op[2]]
 
 
-@pytest.mark.parametrize('k, H', [(3, 32), (5, 16), (3, 7)])
-def test_strided_dilated_depthwise_conv_on_one_polyphase_component_equals_the_dilated_conv(monkeypatch, k, H):
-    """dil_conv with stride 2 (reduction cells) on channels-last input runs a non-dilated conv of xp[::2, ::2]:
-    the same output, input gradient and weight gradient as PyTorch's dilated depthwise conv."""
+@pytest.fixture
+def dilated_form():
+    """Set operations' dilated convolution form for one test; the default afterwards."""
     import operations
-    calls = []
-    monkeypatch.setattr(operations, 'POLYPHASE_DILATED', True)
-    real = operations._polyphase_conv
-    monkeypatch.setattr(operations, '_polyphase_conv', lambda *a: calls.append(1) or real(*a))
+    yield operations.set_dilated_conv
+    operations.set_dilated_conv(operations.DILATED_FORMS[0])
+
+
+def _dilated_grads(operations, form, k, stride, H, fmt, C=8):
+    operations.set_dilated_conv(form)
     torch.manual_seed(0)
-    conv = operations.DepthwiseConv2d(8, 8, k, stride=2, padding=k - 1, dilation=2, groups=8, bias=False)
-    conv = conv.to(memory_format=torch.channels_last)
-    x = torch.randn(4, 8, H, H).contiguous(memory_format=torch.channels_last).requires_grad_()
+    conv = operations.DepthwiseConv2d(C, C, k, stride=stride, padding=k - 1, dilation=2, groups=C, bias=False)
+    x = torch.randn(4, C, H, H).contiguous(memory_format=fmt).requires_grad_()
     y = conv(x)
-    g = torch.randn_like(y)
-    gx, gw = torch.autograd.grad(y, (x, conv.weight), g)
-    want = torch.nn.functional.conv2d(x, conv.weight, None, 2, k - 1, 2, 8)
-    wx, ww = torch.autograd.grad(want, (x, conv.weight), g)
-    assert calls == [1]
-    assert y.shape == want.shape
-    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gx, wx, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(gw, ww, rtol=1e-4, atol=1e-4)   # sums of H*W*N products, another order
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    return (y,) + torch.autograd.grad(y, (x, conv.weight), g)
+
+
+# (k, stride, H): reduction cells (stride 2, odd H: one component is shorter), normal cells (stride 1; H 4 with k=5:
+# the components are smaller than the kernel, the per-tap weight gradient), H 7 odd with stride 1 (direct).
+@pytest.mark.parametrize('k, stride, H', [(3, 2, 32), (5, 2, 16), (3, 2, 7), (3, 1, 16), (5, 1, 8), (5, 1, 4),
+                                          (3, 1, 7)])
+@pytest.mark.parametrize('fmt', [torch.channels_last, torch.contiguous_format])
+def test_polyphase_dilated_conv_equals_the_direct_one(dilated_form, k, stride, H, fmt):
+    """dil_conv through polyphase components: the forward of PyTorch's dilated depthwise convolution bit for bit,
+    its input and weight gradients to float rounding (the same sums in another order)."""
+    import operations
+    want = _dilated_grads(operations, 'direct', k, stride, H, fmt)
+    got = _dilated_grads(operations, 'polyphase', k, stride, H, fmt)
+    assert torch.equal(got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[2], want[2], rtol=1e-4, atol=1e-4)   # sums of N*H*W products
+
+
+@pytest.mark.parametrize('k, stride, H, form', [(3, 2, 8, 'strided'), (3, 1, 8, 'stride1'), (5, 1, 4, 'stride1'),
+                                                 (3, 1, 7, None), (3, 3, 9, None)])
+def test_which_dilated_convs_take_the_polyphase_path(dilated_form, k, stride, H, form):
+    """Stride == dilation, or stride 1 with 'same' padding and sizes divisible by the dilation; else PyTorch's."""
+    import operations
+    conv = operations.DepthwiseConv2d(4, 4, k, stride=stride, padding=k - 1, dilation=2, groups=4, bias=False)
+    x = torch.zeros(2, 4, H, H)
+    assert operations._polyphase_form(conv, x) == form
+    dilated_form('direct')
+    assert operations._polyphase_form(conv, x) is None
+
+
+def test_polyphase_gradients_differ_from_direct_only_in_the_last_bits(dilated_form):
+    """The two forms are not the same computation (else the choice would need no record): some weight gradient
+    differs, by float rounding only."""
+    import operations
+    want = _dilated_grads(operations, 'direct', 5, 1, 16, torch.channels_last, C=16)
+    got = _dilated_grads(operations, 'polyphase', 5, 1, 16, torch.channels_last, C=16)
+    assert not torch.equal(got[2], want[2])
+    torch.testing.assert_close(got[2], want[2], rtol=1e-4, atol=1e-4)
 
 
 def test_dil_conv_keeps_its_keys_and_conv_type():

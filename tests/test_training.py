@@ -144,3 +144,23 @@ def test_both_stages_train_their_epochs_through_the_one_shared_loop(monkeypatch)
     assert (rec['train_loss'], rec['train_acc'], rec['train_images']) == (
         pytest.approx(expected[0], rel=1e-6), expected[1], 96)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize('asked, recorded, form, warned', [
+    (None, None, 'polyphase', False),                       # a new run
+    (None, {}, 'direct', False),                            # a run recorded before the choice existed
+    (None, {'dilated_conv': 'polyphase'}, 'polyphase', False),
+    ('direct', None, 'direct', False),
+    ('polyphase', {'seed': 1}, 'polyphase', True),          # asked otherwise than the run started: warned
+])
+def test_a_run_keeps_the_dilated_conv_form_it_started_with(asked, recorded, form, warned, monkeypatch):
+    import operations
+    from training import use_dilated_conv
+    warnings = []
+    monkeypatch.setattr(training.logger, 'warning', lambda *a: warnings.append(a[0] % a[1:]))
+    try:
+        assert use_dilated_conv(asked, recorded, 'the run') == form
+        assert operations.dilated_conv() == form
+    finally:
+        operations.set_dilated_conv(operations.DILATED_FORMS[0])
+    assert any('differ from an uninterrupted one' in w for w in warnings) == warned
