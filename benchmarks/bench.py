@@ -70,7 +70,8 @@ LEVERS = ['supernet_train:contiguous', 'supernet_train:reference_forward', 'supe
           'score_wlm:contiguous',
           'score_wlm:reference_forward', 'score_wlm:no_grad', 'score_wlm:test_batch_256', 'score_wlm:deepcopy',
           'retrain_cifar:contiguous', 'nb201_supernet_train:contiguous', 'ground_truth_train:contiguous',
-          'supernet_train:direct_dilated', 'retrain_cifar:direct_dilated', 'ground_truth_train:direct_dilated',
+          'supernet_train:direct_dilated', 'retrain_cifar:direct_dilated', 'retrain_cifar:relu_per_cell',
+          'ground_truth_train:direct_dilated',
           'data:tensor_batches', 'data:pil_per_image']
 GPU_VARIANTS = ['supernet_train:amp', 'retrain_cifar:amp', 'nb201_supernet_train:amp', 'ground_truth_train:amp',
                 'score_wlm:test_batch_64']
@@ -261,6 +262,8 @@ def bench_retrain_cifar(device, s, variant):
     torch.manual_seed(0)
     model = get_space('darts').network(genotypes.GENAS_FLATNESS_CIFAR10, s['C'], 10, s['layers'], auxiliary=True)
     model.drop_path_prob = 0.2
+    if variant == 'relu_per_cell':          # every cell rectifies its own inputs, as the reference's cells do
+        model._cells_forward = model.cells_forward_reference
     protocol = Protocol(epochs=1, learning_rate=0.025, auxiliary_weight=0.4, grad_clip=5.0, amp=variant == 'amp')
     return _standalone_workload(device, s, model, protocol, 16, _fmt(variant))
 

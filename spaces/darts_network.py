@@ -45,7 +45,13 @@ class Cell(nn.Module):
         self._ops = nn.ModuleList(OPS[name](C, 2 if reduction and index < 2 else 1, True) for name, index in ops)
 
     def forward(self, s0, s1, drop_prob):
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        return self.forward_relu(torch.relu(s0), torch.relu(s1), drop_prob)
+
+    def forward_relu(self, r0, r1, drop_prob):
+        """forward of the rectified inputs: both preprocessing ops start with a ReLU, so a network that feeds a
+        tensor to two cells rectifies it once (the same values; the input gradients equal bit for bit, as masking
+        commutes with their sum)."""
+        states = [self.preprocess0.after_relu(r0), self.preprocess1.after_relu(r1)]
         for i in range(self._steps):
             node = 0
             for k in (2 * i, 2 * i + 1):
@@ -118,13 +124,27 @@ class _Network(nn.Module):
         return C_prev
 
     def _cells_forward(self, s0, s1):
+        # Every cell output feeds the next two cells through their preprocessing ReLUs: rectified once here.
+        logits_aux = None
+        r0 = torch.relu(s0)
+        r1 = r0 if s1 is s0 else torch.relu(s1)
+        for i, cell in enumerate(self.cells):
+            s1 = cell.forward_relu(r0, r1, self.drop_path_prob)
+            if i + 1 < len(self.cells):
+                r0, r1 = r1, torch.relu(s1)
+            if i == 2 * self._layers // 3 and self._auxiliary and self.training:
+                logits_aux = self.auxiliary_head(s1)
+        out = self.global_pooling(s1)
+        return self.classifier(out.flatten(1)), logits_aux
+
+    def cells_forward_reference(self, s0, s1):
+        """_cells_forward as the reference computes it: every cell rectifies its own inputs (the same results)."""
         logits_aux = None
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == 2 * self._layers // 3 and self._auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
-        out = self.global_pooling(s1)
-        return self.classifier(out.flatten(1)), logits_aux
+        return self.classifier(self.global_pooling(s1).flatten(1)), logits_aux
 
 
 class NetworkCIFAR(_Network):

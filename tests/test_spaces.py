@@ -61,3 +61,29 @@ def test_darts_space_is_todays_genotypes_module():
 def test_unknown_space_is_a_clear_error():
     with pytest.raises(genotypes.GenotypeError, match='choose one of darts, nb201'):
         get_space('nasbench101')
+
+
+def _network_grads(shared_relu, auxiliary, drop_prob):
+    """Logits and input/parameter gradients of a small NetworkCIFAR in training mode; without `shared_relu` each
+    cell rectifies its own inputs (Cell.forward, as the reference's cells do)."""
+    import genotypes
+    torch.manual_seed(0)
+    net = get_space('darts').network(genotypes.GENAS_FLATNESS_CIFAR10, 8, 10, 5, auxiliary=auxiliary).train()
+    net.drop_path_prob = drop_prob
+    if not shared_relu:
+        net._cells_forward = net.cells_forward_reference
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    torch.manual_seed(5)                                     # the drop-path masks
+    logits, logits_aux = net(x)
+    loss = logits.square().sum() + (logits_aux.square().sum() if auxiliary else 0)
+    return logits, torch.autograd.grad(loss, [x] + list(net.parameters()))
+
+
+@pytest.mark.parametrize('auxiliary, drop_prob', [(False, 0.0), (True, 0.2)])
+def test_network_rectifies_each_cell_output_once_with_the_same_results(auxiliary, drop_prob):
+    """NetworkCIFAR applies one ReLU to each cell output for the two cells that read it: logits and every gradient
+    equal those of ReLUs per cell bit for bit."""
+    logits, grads = _network_grads(True, auxiliary, drop_prob)
+    want_logits, want_grads = _network_grads(False, auxiliary, drop_prob)
+    assert torch.equal(logits, want_logits)
+    assert all(torch.equal(g, w) for g, w in zip(grads, want_grads))
