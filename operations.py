@@ -4,6 +4,8 @@ Every op maps C channels to C channels; stride 2 halves the spatial size. Module
 op (`op.{n}`, `conv_1`, `conv_2`, `bn`) are fixed by the reference checkpoints.
 This module is a leaf: it imports nothing from the project.
 """
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,6 +34,17 @@ def set_dilated_conv(form):
 def dilated_conv():
     """The form dilated depthwise convolutions run in now (see set_dilated_conv)."""
     return _dilated_form
+
+
+@contextlib.contextmanager
+def dilated_conv_form(form):
+    """Within: dilated depthwise convolutions run in `form`; the previous form afterwards."""
+    before = _dilated_form
+    set_dilated_conv(form)
+    try:
+        yield
+    finally:
+        set_dilated_conv(before)
 
 
 OPS = {

@@ -7,10 +7,15 @@
 
 Each takes a freshly built network it may modify (synflow replaces its weights by their absolute
 values), and returns a float; higher is better in the sense the papers rank with. The networks may
-return a tensor or a (logits, auxiliary logits) tuple.
+return a tensor or a (logits, auxiliary logits) tuple. Their gradients come from PyTorch's dilated convolutions
+(operations' 'direct' form) whatever form training uses, so a score never depends on it.
 """
+import contextlib
+
 import torch
 import torch.nn as nn
+
+from operations import dilated_conv_form
 
 
 def _logits(out):
@@ -33,7 +38,8 @@ def synflow(net, input_shape):
     net.zero_grad(set_to_none=True)
     device = next(net.parameters()).device
     ones = torch.ones(1, *input_shape, dtype=torch.float64, device=device)
-    _logits(net(ones)).sum().backward()
+    with dilated_conv_form('direct'):
+        _logits(net(ones)).sum().backward()
     with torch.no_grad():
         return float(sum((p * p.grad).sum() for p in net.parameters() if p.grad is not None))
 
@@ -62,9 +68,12 @@ def naswot(net, x):
         kernel = kernel + naswot_kernel((inputs[0] > 0).reshape(n, -1))
 
     handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.ReLU)]
+    # A stand-alone network rectifies each cell output once by default; its per-cell ReLU modules count here.
+    per_cell = getattr(net, 'relu_per_cell', None)
     try:
         net.train()
-        net(x)
+        with per_cell() if per_cell is not None else contextlib.nullcontext():
+            net(x)
     finally:
         for h in handles:
             h.remove()
@@ -75,7 +84,8 @@ def _loss_gradients(net, x, y):
     """Backward of the cross-entropy of one batch in train mode; returns the conv / linear weights."""
     net.train()
     net.zero_grad(set_to_none=True)
-    nn.functional.cross_entropy(_logits(net(x)), y).backward()
+    with dilated_conv_form('direct'):
+        nn.functional.cross_entropy(_logits(net(x)), y).backward()
     return [w for w in _weights(net) if w.grad is not None]
 
 

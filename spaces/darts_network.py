@@ -7,6 +7,8 @@ Both have a `drop_path_prob` attribute (set it every epoch) and return (logits, 
 logits_aux is None unless training with the auxiliary head. Module names are the reference's,
 so its checkpoints load with strict=True (after dropping the `module.` prefix of its DDP-saved files).
 """
+import contextlib
+
 import torch
 import torch.nn as nn
 
@@ -45,13 +47,16 @@ class Cell(nn.Module):
         self._ops = nn.ModuleList(OPS[name](C, 2 if reduction and index < 2 else 1, True) for name, index in ops)
 
     def forward(self, s0, s1, drop_prob):
-        return self.forward_relu(torch.relu(s0), torch.relu(s1), drop_prob)
+        return self._nodes([self.preprocess0(s0), self.preprocess1(s1)], drop_prob)
 
     def forward_relu(self, r0, r1, drop_prob):
         """forward of the rectified inputs: both preprocessing ops start with a ReLU, so a network that feeds a
         tensor to two cells rectifies it once (the same values; the input gradients equal bit for bit, as masking
         commutes with their sum)."""
-        states = [self.preprocess0.after_relu(r0), self.preprocess1.after_relu(r1)]
+        return self._nodes([self.preprocess0.after_relu(r0), self.preprocess1.after_relu(r1)], drop_prob)
+
+    def _nodes(self, states, drop_prob):
+        """The cell's nodes from its two preprocessed inputs; the concatenated output."""
         for i in range(self._steps):
             node = 0
             for k in (2 * i, 2 * i + 1):
@@ -145,6 +150,16 @@ class _Network(nn.Module):
             if i == 2 * self._layers // 3 and self._auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
         return self.classifier(self.global_pooling(s1).flatten(1)), logits_aux
+
+    @contextlib.contextmanager
+    def relu_per_cell(self):
+        """Within: the forward of cells_forward_reference, so that what watches nn.ReLU modules (naswot's hooks)
+        sees the reference's ReLUs, each cell's preprocessing ones included."""
+        self._cells_forward = self.cells_forward_reference
+        try:
+            yield
+        finally:
+            del self._cells_forward
 
 
 class NetworkCIFAR(_Network):

@@ -147,3 +147,41 @@ def test_every_metric_runs_under_the_scoring_precision(ctx, name, monkeypatch):
     assert set(seen[fp32:]) == {(False, False, False, True)}, seen
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) \
         == (True, True, True)
+
+
+def test_naswot_of_a_stand_alone_network_counts_every_cells_preprocessing_relu():
+    """NetworkCIFAR rectifies each cell output once by default (torch.relu, no module); NASWOT's kernel sums the
+    patterns of the nn.ReLU modules, each cell's preprocessing ones included, as with the reference's network."""
+    import genotypes
+    from evolutionary_search.zero_cost import naswot
+    from spaces import get_space
+    torch.manual_seed(0)
+    net = get_space('darts').network(genotypes.DARTS_V2, 4, 10, 3, auxiliary=False)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    fired = []
+    handles = [m.register_forward_hook(lambda *a: fired.append(1)) for m in net.modules()
+               if isinstance(m, torch.nn.ReLU)]
+    score = naswot(net, x)
+    counted = len(fired)
+    net._cells_forward = net.cells_forward_reference
+    fired.clear()
+    assert naswot(net, x) == score
+    assert counted == len(fired) and counted >= 2 * len(net.cells)
+    for h in handles:
+        h.remove()
+
+
+@pytest.mark.parametrize('proxy', ['grad_norm', 'snip', 'synflow'])
+def test_gradient_proxies_do_not_depend_on_the_dilated_conv_form(proxy):
+    """Scores come from PyTorch's dilated convolutions whatever form training runs (a score file extended later
+    keeps its scores bit for bit)."""
+    import operations
+    scores = []
+    for form in operations.DILATED_FORMS:
+        torch.manual_seed(0)
+        net = NetworkCIFAR(8, 10, 5, False, G.GENAS_FLATNESS_CIFAR10).to(memory_format=torch.channels_last)
+        x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        x, y = x.to(memory_format=torch.channels_last), torch.arange(16) % 10
+        with operations.dilated_conv_form(form):
+            scores.append(Z.synflow(net, (3, 32, 32)) if proxy == 'synflow' else getattr(Z, proxy)(net, x, y))
+    assert scores[0] == scores[1]
