@@ -263,7 +263,7 @@ def bench_retrain_cifar(device, s, variant):
     model = get_space('darts').network(genotypes.GENAS_FLATNESS_CIFAR10, s['C'], 10, s['layers'], auxiliary=True)
     model.drop_path_prob = 0.2
     if variant == 'relu_per_cell':          # every cell rectifies its own inputs, as the reference's cells do
-        model._cells_forward = model.cells_forward_reference
+        model.share_relu = False
     protocol = Protocol(epochs=1, learning_rate=0.025, auxiliary_weight=0.4, grad_clip=5.0, amp=variant == 'amp')
     return _standalone_workload(device, s, model, protocol, 16, _fmt(variant))
 

@@ -128,38 +128,35 @@ class _Network(nn.Module):
             self.auxiliary_head = aux_cls(C_to_auxiliary, num_classes)
         return C_prev
 
+    # Each cell output feeds the next two cells through their preprocessing ReLUs: with share_relu (the default)
+    # it is rectified once and both read that; without, every cell rectifies its own inputs through its nn.ReLU
+    # modules, as the reference's do. The same outputs and gradients bit for bit.
+    share_relu = True
+
     def _cells_forward(self, s0, s1):
-        # Every cell output feeds the next two cells through their preprocessing ReLUs: rectified once here.
         logits_aux = None
-        r0 = torch.relu(s0)
-        r1 = r0 if s1 is s0 else torch.relu(s1)
+        r0 = torch.relu(s0) if self.share_relu else None
+        r1 = r0 if s1 is s0 or not self.share_relu else torch.relu(s1)
         for i, cell in enumerate(self.cells):
-            s1 = cell.forward_relu(r0, r1, self.drop_path_prob)
-            if i + 1 < len(self.cells):
-                r0, r1 = r1, torch.relu(s1)
+            if self.share_relu:
+                s1 = cell.forward_relu(r0, r1, self.drop_path_prob)
+                r0, r1 = r1, (torch.relu(s1) if i + 1 < len(self.cells) else None)
+            else:
+                s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == 2 * self._layers // 3 and self._auxiliary and self.training:
                 logits_aux = self.auxiliary_head(s1)
         out = self.global_pooling(s1)
         return self.classifier(out.flatten(1)), logits_aux
 
-    def cells_forward_reference(self, s0, s1):
-        """_cells_forward as the reference computes it: every cell rectifies its own inputs (the same results)."""
-        logits_aux = None
-        for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
-            if i == 2 * self._layers // 3 and self._auxiliary and self.training:
-                logits_aux = self.auxiliary_head(s1)
-        return self.classifier(self.global_pooling(s1).flatten(1)), logits_aux
-
     @contextlib.contextmanager
     def relu_per_cell(self):
-        """Within: the forward of cells_forward_reference, so that what watches nn.ReLU modules (naswot's hooks)
-        sees the reference's ReLUs, each cell's preprocessing ones included."""
-        self._cells_forward = self.cells_forward_reference
+        """Within: share_relu off, so that what watches nn.ReLU modules (naswot's hooks) sees the reference's
+        ReLUs, each cell's preprocessing ones included."""
+        before, self.share_relu = self.share_relu, False
         try:
             yield
         finally:
-            del self._cells_forward
+            self.share_relu = before
 
 
 class NetworkCIFAR(_Network):

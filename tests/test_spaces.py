@@ -71,7 +71,7 @@ def _network_grads(shared_relu, auxiliary, drop_prob):
     net = get_space('darts').network(genotypes.GENAS_FLATNESS_CIFAR10, 8, 10, 5, auxiliary=auxiliary).train()
     net.drop_path_prob = drop_prob
     if not shared_relu:
-        net._cells_forward = net.cells_forward_reference
+        net.share_relu = False
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)).requires_grad_()
     torch.manual_seed(5)                                     # the drop-path masks
     logits, logits_aux = net(x)
