@@ -10,41 +10,46 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# How dilated depthwise convolutions (the dil_conv ops) run on a CPU: 'polyphase' (the default) or 'direct'.
-# oneDNN's kernels for their backward pass are several times slower than for non-dilated ones; with dilation d,
-# each polyphase component x[..., r::d, s::d] of the input only meets itself, so 'polyphase' computes the same sums
-# with non-dilated kernels: a strided one (stride == dilation, as in reduction cells) runs as a plain convolution of
-# one component; a stride-1 one keeps the direct forward and computes its input gradient as the dilated forward of
-# the flipped kernel and its weight gradient from the d*d components stacked into the batch. Forward outputs are
-# those of 'direct' bit for bit; gradients agree to float rounding (another order of the same sums). 'direct' is
-# PyTorch's own dilated convolution: what a run made before this choice existed used, so such a run resumes bit
-# for bit (see set_dilated_conv). Other devices always run 'direct'.
-DILATED_FORMS = ('polyphase', 'direct')
-_dilated_form = 'polyphase'
+# How a CPU computes gradients where PyTorch's own kernels are slow; each form changes gradients in their last bits
+# only (another order of the same sums; forward outputs are the same bit for bit), so a run keeps the form it
+# started with (see set_grad_form). Other devices always run 'direct'.
+# - 'direct': PyTorch's own kernels; what a run made before these forms existed used, so such a run resumes bit for
+#   bit.
+# - 'polyphase': dilated depthwise convolutions (the dil_conv ops) through polyphase components. oneDNN's kernels
+#   for their backward pass are several times slower than for non-dilated ones; with dilation d, each polyphase
+#   component x[..., r::d, s::d] of the input only meets itself, so the same sums run through non-dilated kernels:
+#   a strided one (stride == dilation, as in reduction cells) as a plain convolution of one component; a stride-1
+#   one keeps the direct forward and computes its input gradient as the dilated forward of the flipped kernel and
+#   its weight gradient from the d*d components stacked into the batch.
+# - 'dense' (new runs): 'polyphase', and a cell's concatenated output hands each node a dense gradient
+#   (cat_channels): a plain torch.cat hands out strided views of its gradient, on which BN's backward kernel is
+#   several times slower in channels-last memory.
+GRAD_FORMS = ('dense', 'polyphase', 'direct')
+_grad_form = GRAD_FORMS[0]
 
 
-def set_dilated_conv(form):
-    """Choose how dilated depthwise convolutions run on a CPU from now on (one of DILATED_FORMS)."""
-    global _dilated_form
-    if form not in DILATED_FORMS:
-        raise ValueError(f'dilated convolution form {form!r}: choose from {", ".join(DILATED_FORMS)}')
-    _dilated_form = form
+def set_grad_form(form):
+    """Choose how a CPU computes the gradients of dil_conv ops and cell outputs from now on (one of GRAD_FORMS)."""
+    global _grad_form
+    if form not in GRAD_FORMS:
+        raise ValueError(f'gradient form {form!r}: choose from {", ".join(GRAD_FORMS)}')
+    _grad_form = form
 
 
-def dilated_conv():
-    """The form dilated depthwise convolutions run in now (see set_dilated_conv)."""
-    return _dilated_form
+def grad_form():
+    """The gradient form in use now (see set_grad_form)."""
+    return _grad_form
 
 
 @contextlib.contextmanager
-def dilated_conv_form(form):
-    """Within: dilated depthwise convolutions run in `form`; the previous form afterwards."""
-    before = _dilated_form
-    set_dilated_conv(form)
+def using_grad_form(form):
+    """Within: gradients run in `form`; the previous form afterwards."""
+    before = _grad_form
+    set_grad_form(form)
     try:
         yield
     finally:
-        set_dilated_conv(before)
+        set_grad_form(before)
 
 
 OPS = {
@@ -88,12 +93,64 @@ class ReLUFirst(ConvBNLayers, nn.Module):
         return x
 
 
+class _Slice(torch.autograd.Function):
+    """x[:, :, rows, cols] as a tensor of x's memory format, whose gradient keeps that format too: a plain slice's
+    gradient is a contiguous (channels-first) tensor, which in a channels-last network makes the backward ops
+    after it convert between the formats."""
+
+    @staticmethod
+    def forward(ctx, x, rows, cols):
+        ctx.shape, ctx.fmt, ctx.index = x.shape, _memory_format(x), (slice(None), slice(None), rows, cols)
+        return x[ctx.index].contiguous(memory_format=ctx.fmt)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        grad_x = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.fmt).zero_()
+        grad_x[ctx.index] = grad
+        return grad_x, None, None
+
+
+def _memory_format(x):
+    return torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+        memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def spatial_slice(x, rows, cols):
+    """x[:, :, rows, cols] (slice objects) for an (N, C, H, W) tensor, in x's memory format in both passes."""
+    return _Slice.apply(x, rows, cols)
+
+
+class _CatChannels(torch.autograd.Function):
+    """torch.cat(tensors, dim=1) whose input gradients are dense tensors of the output's memory format."""
+
+    @staticmethod
+    def forward(ctx, *tensors):
+        out = torch.cat(tensors, dim=1)
+        ctx.sizes, ctx.fmt = [t.shape[1] for t in tensors], _memory_format(out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return tuple(g.contiguous(memory_format=ctx.fmt) for g in grad.split(ctx.sizes, dim=1))
+
+
+def cat_channels(tensors):
+    """torch.cat(tensors, dim=1); in the 'dense' gradient form on a CPU each input's gradient is a dense tensor of
+    the output's memory format instead of a strided view of the output's gradient."""
+    if _grad_form == 'dense' and tensors[0].device.type == 'cpu' and torch.is_grad_enabled():
+        return _CatChannels.apply(*tensors)
+    return torch.cat(tensors, dim=1)
+
+
 def _strided_polyphase_conv(x, weight, d, padding):
     """F.conv2d(x, weight, None, stride=d, padding, dilation=d, groups=C), computed without dilation: with the
     stride equal to the dilation, every output reads only the polyphase component xp[:, :, ::d, ::d] of the
     padded input, so a plain depthwise convolution of that component gives the same sums."""
     xp = F.pad(x, (padding, padding, padding, padding))
-    return F.conv2d(xp[:, :, ::d, ::d], weight, None, 1, 0, 1, x.shape[1])
+    return F.conv2d(spatial_slice(xp, slice(None, None, d), slice(None, None, d)), weight, None, 1, 0, 1,
+                    x.shape[1])
 
 
 def _components(x, d):
@@ -146,7 +203,7 @@ def _dilated_weight_grad(grad, x, weight, d, p):
 def _polyphase_form(conv, x):
     """Which polyphase computation applies to DepthwiseConv2d `conv` on input x: 'strided', 'stride1' or None."""
     d, p, k = conv.dilation[0], conv.padding[0], conv.kernel_size[0]
-    if (_dilated_form != 'polyphase' or d == 1 or x.device.type != 'cpu' or x.dim() != 4
+    if (_grad_form == 'direct' or d == 1 or x.device.type != 'cpu' or x.dim() != 4
             or conv.dilation != (d, d) or conv.padding != (p, p) or conv.kernel_size != (k, k)
             or conv.bias is not None or conv.groups != x.shape[1] or conv.padding_mode != 'zeros'):
         return None
@@ -159,7 +216,7 @@ def _polyphase_form(conv, x):
 
 class DepthwiseConv2d(nn.Conv2d):
     """A depthwise nn.Conv2d (groups == channels, no bias; the same parameters and keys) whose dilated forms run
-    through polyphase components on a CPU (see set_dilated_conv); under CPU autocast its dilated forms run in their
+    through polyphase components on a CPU (see set_grad_form); under CPU autocast its dilated forms run in their
     weights' precision."""
 
     def forward(self, x):
@@ -268,5 +325,5 @@ class FactorizedReduce(ConvBNLayers, nn.Module):
 
     def after_relu(self, x):
         # (N, C_out/2, ceil(H/2), ceil(W/2)) each; equal sizes need even H and W, as in DARTS.
-        out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
+        out = torch.cat([self.conv_1(x), self.conv_2(spatial_slice(x, slice(1, None), slice(1, None)))], dim=1)
         return self.bn(out)

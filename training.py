@@ -19,32 +19,40 @@ from seeding import get_rng_state
 from utils import (UserError, check_new_run_dir, lock_run_dir, logger, progress, refuse_other_kind,
                    restarts_from_beginning)
 
-# What a run recorded without a --dilated_conv choice (made before it existed) ran: PyTorch's dilated convolutions.
-UNRECORDED_DILATED_CONV = 'direct'
+# What a run recorded without a gradient form (made before the forms existed) ran: PyTorch's own kernels. A run made
+# while the only choice was --dilated_conv (polyphase or direct) recorded it under that key.
+UNRECORDED_GRAD_FORM = 'direct'
+LEGACY_GRAD_FORM_KEY = 'dilated_conv'
 
 
-def add_dilated_conv_flag(parser):
-    """--dilated_conv, one help text for every stage that trains."""
-    parser.add_argument('--dilated_conv', default=None, choices=operations.DILATED_FORMS,
-                        help='how a CPU computes the dil_conv ops: polyphase (non-dilated kernels on the polyphase '
-                             'components, several times faster in the backward pass; the same forward, gradients '
-                             'equal to float rounding) or direct (PyTorch\'s dilated kernels). Default: polyphase '
-                             'for a new run; a resumed run keeps the form it started with (direct for a run that '
-                             'recorded none). A GPU always runs direct')
+def add_grad_form_flag(parser):
+    """--grad_form, one help text for every stage that trains."""
+    parser.add_argument('--grad_form', default=None, choices=operations.GRAD_FORMS,
+                        help='how a CPU computes gradients where PyTorch\'s kernels are slow: dense (polyphase, and '
+                             'each cell node gets a dense gradient of the concatenated cell output), polyphase (the '
+                             'dil_conv ops through non-dilated kernels on polyphase components, several times faster '
+                             'in the backward pass) or direct (PyTorch\'s kernels). The same forward; gradients equal '
+                             'to float rounding. Default: dense for a new run; a resumed run keeps the form it '
+                             'started with (direct for a run that recorded none). A GPU always runs direct')
     return parser
 
 
-def use_dilated_conv(asked, recorded, what):
-    """Switch the dil_conv ops to the form of a run and return it: `asked` (the flag; None: not given), else the
-    form in `recorded` (the run's recorded args, or None for a new run), else polyphase for a new run and direct
-    for a recorded run without one. Asking another form than the run recorded warns: it will not equal an
-    uninterrupted run. `what` names the run in that warning."""
-    started = None if recorded is None else recorded.get('dilated_conv') or UNRECORDED_DILATED_CONV
-    form = asked or started or operations.DILATED_FORMS[0]
+def recorded_grad_form(recorded):
+    """The gradient form a run's record (its args or protocol, a dict) says it ran."""
+    return recorded.get('grad_form') or recorded.get(LEGACY_GRAD_FORM_KEY) or UNRECORDED_GRAD_FORM
+
+
+def use_grad_form(asked, recorded, what):
+    """Switch to the gradient form of a run and return it: `asked` (the flag; None: not given), else the form in
+    `recorded` (the run's recorded args, or None for a new run), else dense for a new run and direct for a recorded
+    run without one. Asking another form than the run recorded warns: it will not equal an uninterrupted run.
+    `what` names the run in that warning."""
+    started = None if recorded is None else recorded_grad_form(recorded)
+    form = asked or started or operations.GRAD_FORMS[0]
     if started is not None and form != started:
-        logger.warning('WARNING: %s computed dilated convolutions as --dilated_conv %s; continuing with %s as asked: '
-                       'the run will differ from an uninterrupted one in the last bits', what, started, form)
-    operations.set_dilated_conv(form)
+        logger.warning('WARNING: %s computed gradients as --grad_form %s; continuing with %s as asked: the run will '
+                       'differ from an uninterrupted one in the last bits', what, started, form)
+    operations.set_grad_form(form)
     return form
 
 

@@ -70,8 +70,8 @@ LEVERS = ['supernet_train:contiguous', 'supernet_train:reference_forward', 'supe
           'score_wlm:contiguous',
           'score_wlm:reference_forward', 'score_wlm:no_grad', 'score_wlm:test_batch_256', 'score_wlm:deepcopy',
           'retrain_cifar:contiguous', 'nb201_supernet_train:contiguous', 'ground_truth_train:contiguous',
-          'supernet_train:direct_dilated', 'retrain_cifar:direct_dilated', 'retrain_cifar:relu_per_cell',
-          'ground_truth_train:direct_dilated',
+          'supernet_train:direct_grads', 'supernet_train:polyphase_grads', 'retrain_cifar:direct_grads',
+          'retrain_cifar:relu_per_cell', 'ground_truth_train:direct_grads', 'ground_truth_train:polyphase_grads',
           'data:tensor_batches', 'data:pil_per_image']
 GPU_VARIANTS = ['supernet_train:amp', 'retrain_cifar:amp', 'nb201_supernet_train:amp', 'ground_truth_train:amp',
                 'score_wlm:test_batch_64']
@@ -514,8 +514,8 @@ def worker(name, device_name, tiny, profile=False):
     device = choose_device(device_name)
     workload, _, variant = name.partition(':')
     s = settings(tiny)
-    if variant == 'direct_dilated':         # PyTorch's own dilated depthwise convolutions (--dilated_conv direct)
-        operations.set_dilated_conv('direct')
+    if variant.endswith('_grads'):          # another gradient form (--grad_form direct / polyphase)
+        operations.set_grad_form(variant[:-len('_grads')])
     if workload.startswith('score_'):
         w = bench_score(device, s, workload[len('score_'):], variant)
     else:

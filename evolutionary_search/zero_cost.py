@@ -7,15 +7,15 @@
 
 Each takes a freshly built network it may modify (synflow replaces its weights by their absolute
 values), and returns a float; higher is better in the sense the papers rank with. The networks may
-return a tensor or a (logits, auxiliary logits) tuple. Their gradients come from PyTorch's dilated convolutions
-(operations' 'direct' form) whatever form training uses, so a score never depends on it.
+return a tensor or a (logits, auxiliary logits) tuple. Their gradients come from PyTorch's own kernels
+(operations' 'direct' gradient form) whatever form training uses, so a score never depends on it.
 """
 import contextlib
 
 import torch
 import torch.nn as nn
 
-from operations import dilated_conv_form
+from operations import using_grad_form
 
 
 def _logits(out):
@@ -38,7 +38,7 @@ def synflow(net, input_shape):
     net.zero_grad(set_to_none=True)
     device = next(net.parameters()).device
     ones = torch.ones(1, *input_shape, dtype=torch.float64, device=device)
-    with dilated_conv_form('direct'):
+    with using_grad_form('direct'):
         _logits(net(ones)).sum().backward()
     with torch.no_grad():
         return float(sum((p * p.grad).sum() for p in net.parameters() if p.grad is not None))
@@ -84,7 +84,7 @@ def _loss_gradients(net, x, y):
     """Backward of the cross-entropy of one batch in train mode; returns the conv / linear weights."""
     net.train()
     net.zero_grad(set_to_none=True)
-    with dilated_conv_form('direct'):
+    with using_grad_form('direct'):
         nn.functional.cross_entropy(_logits(net(x)), y).backward()
     return [w for w in _weights(net) if w.grad is not None]
 

@@ -35,7 +35,8 @@ from counting import count_macs, count_parameters  # noqa: E402
 from devices import choose_device  # noqa: E402
 from distributed import Dist  # noqa: E402
 from seeding import derive_seed, seed_everything  # noqa: E402
-from training import UNRECORDED_DILATED_CONV, add_dilated_conv_flag, check_ranges, use_dilated_conv  # noqa: E402
+from training import (LEGACY_GRAD_FORM_KEY, add_grad_form_flag, check_ranges, recorded_grad_form,  # noqa: E402
+                      use_grad_form)
 from utils import (ArgumentParser, UserError, atomic_write_text, changed_flags, lock_run_dir,  # noqa: E402
                    locks_released, logger, refuse_other_kind, require, run_cli, setup_logging)
 
@@ -44,7 +45,7 @@ KIND = 'ground-truth'       # what its run directory holds (utils.RUN_KINDS)
 # The flags that define the training protocol: recorded in every line, fixed for a run directory.
 PROTOCOL = ['dataset', 'epochs', 'train_subset', 'subset_seed', 'test_subset', 'init_channels', 'layers',
             'batch_size', 'learning_rate', 'momentum', 'weight_decay', 'grad_clip', 'auxiliary', 'auxiliary_weight',
-            'drop_path_prob', 'cutout_length', 'label_smooth', 'amp', 'dilated_conv']
+            'drop_path_prob', 'cutout_length', 'label_smooth', 'amp', 'grad_form']
 
 
 def get_args_parser():
@@ -72,7 +73,7 @@ def get_args_parser():
     g.add_argument('--cutout_length', type=int, default=16, help='cutout square side (0: off)')
     g.add_argument('--label_smooth', type=float, default=0.0, help='label smoothing')
     g.add_argument('--amp', action='store_true', help='mixed precision (GPUs)')
-    add_dilated_conv_flag(g)
+    add_grad_form_flag(g)
     g = p.add_argument_group('run')
     g.add_argument('--save', required=True, help='run directory (rerun to resume)')
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='device of each process')
@@ -159,9 +160,10 @@ def refuse_other_protocol(save, args):
     if recorded is None:
         return
     current = protocol_of(args)
-    recorded = {'dilated_conv': UNRECORDED_DILATED_CONV, **recorded}
-    if current['dilated_conv'] is None:             # not asked: the directory's own
-        current['dilated_conv'] = recorded['dilated_conv']
+    form = recorded_grad_form(recorded)             # a directory made by earlier code: the key it used, or none
+    recorded = {**{k: v for k, v in recorded.items() if k != LEGACY_GRAD_FORM_KEY}, 'grad_form': form}
+    if current['grad_form'] is None:                # not asked: the directory's own
+        current['grad_form'] = recorded['grad_form']
     # A flag the record lacks counts as None: refused unless it is None here too.
     changed = changed_flags(recorded, current, fallback=dict.fromkeys(current))
     if changed:
@@ -200,7 +202,7 @@ def main(args):
     save = Path(args.save)
     refuse_other_kind(save, KIND)                        # every rank, reading only; rank 0 takes the lock below
     refuse_other_protocol(save, args)
-    args.dilated_conv = use_dilated_conv(args.dilated_conv, recorded_protocol(save), save)
+    args.grad_form = use_grad_form(args.grad_form, recorded_protocol(save), save)
     cells = select_cells(args.num_cells, args.sample_seed, args.candidates, args.arch)
     sets = load_sets(args, device)                       # fails on missing data before anything is written
     if dist.is_main:            # the other ranks write their own pairs/ files into the directory rank 0 holds

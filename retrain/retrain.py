@@ -29,7 +29,7 @@ from retrain.train_loop import CHECKPOINT, make_loaders  # noqa: E402
 from devices import add_deterministic_flag, choose_device, memory_format  # noqa: E402
 from distributed import Dist  # noqa: E402
 from seeding import seed_everything  # noqa: E402
-from training import add_dilated_conv_flag, check_ranges, use_dilated_conv  # noqa: E402
+from training import add_grad_form_flag, check_ranges, use_grad_form  # noqa: E402
 from utils import (ArgumentParser, UserError, add_noop_flags, locks_released, pop_noop_flags,  # noqa: E402
                    refuse_other_kind, require, resolve_run_paths, run_cli)
 
@@ -115,7 +115,7 @@ def _add_additions(g):
                    help='channels-last memory format (faster on CPU and with --amp on GPU)')
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='device of each process')
     add_deterministic_flag(g)
-    add_dilated_conv_flag(g)
+    add_grad_form_flag(g)
     g.add_argument('--compile', action=argparse.BooleanOptionalAction, default=False,
                    help='torch.compile the network for training and evaluation (compiles once per mode at the start; '
                         'see docs/performance.md for when it pays off)')
@@ -166,7 +166,7 @@ def main(args):
     given = read_given(args)
     if not args.evaluate:
         recorded = None if given.resume is None else given.resume.get('args') or {}
-        args.dilated_conv = use_dilated_conv(args.dilated_conv, recorded, args.resume)
+        args.grad_form = use_grad_form(args.grad_form, recorded, args.resume)
     seed_everything(args.seed)
     genotype = genotypes.resolve_genotype(args.arch)
     with closing(dist.init(device)):               # the process group ends on every exit path

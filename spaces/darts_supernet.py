@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from genotypes import EDGES_PER_CELL, PRIMITIVES, STEPS
-from operations import OPS, FactorizedReduce, ReLUConvBN
+from operations import OPS, FactorizedReduce, ReLUConvBN, cat_channels
 from spaces.supernet import SinglePathModel
 
 
@@ -94,7 +94,7 @@ class SuperCell(nn.Module):
                 node = self._ops[offset](states[0], 0)
             offset += len(states)
             states.append(node)
-        return torch.cat(states[-self._multiplier:], dim=1)
+        return cat_channels(states[-self._multiplier:])
 
     def forward_reference(self, s0, s1, codes):
         """The literal formulation (every op applies its own ReLU, `none` edges add computed zeros):

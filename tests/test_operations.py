@@ -45,6 +45,36 @@ def test_factorized_reduce_uses_the_shifted_input():
     assert d_odd[0, 2:, 0, 0].sum() > 0        # lands at output (0, 0) of the second half
 
 
+@pytest.mark.parametrize('fmt', [torch.channels_last, torch.contiguous_format])
+@pytest.mark.parametrize('rows, cols', [(slice(1, None), slice(1, None)), (slice(None, None, 2), slice(1, None, 2))])
+def test_spatial_slice_is_a_slice_in_the_input_memory_format(fmt, rows, cols):
+    """The values and gradient of x[:, :, rows, cols]; both in x's memory format (a plain slice's gradient is
+    channels-first, which sends a channels-last network's later backward ops through format conversions)."""
+    from operations import spatial_slice
+    x = torch.randn(2, 3, 7, 8).contiguous(memory_format=fmt).requires_grad_()
+    y = spatial_slice(x, rows, cols)
+    assert torch.equal(y, x[:, :, rows, cols]) and y.is_contiguous(memory_format=fmt)
+    g = torch.randn(y.shape)
+    (got,) = torch.autograd.grad(y, x, g)
+    want = torch.zeros(x.shape)
+    want[:, :, rows, cols] = g
+    assert torch.equal(got, want) and got.is_contiguous(memory_format=fmt)
+
+
+def test_stride_2_ops_keep_a_channels_last_gradient():
+    """FactorizedReduce (its shifted input) and the strided polyphase dil_conv (one component of the padded input)
+    slice their input; the gradient of that input stays channels-last."""
+    import operations
+    torch.manual_seed(0)
+    fr = FactorizedReduce(4, 4).to(memory_format=torch.channels_last)
+    w = torch.randn(4, 1, 3, 3)
+    for op in (fr.after_relu, lambda x: operations._strided_polyphase_conv(x, w, 2, 2)):
+        x = torch.randn(2, 4, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+        y = op(x)
+        (got,) = torch.autograd.grad(y, x, torch.randn(y.shape).contiguous(memory_format=torch.channels_last))
+        assert got.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_avg_pool_excludes_padding():
     op = OPS['avg_pool_3x3'](1, 1, True)
     y = op(torch.ones(1, 1, 4, 4))
@@ -77,14 +107,14 @@ def test_named_conv_and_bn_layers_in_forward_order(name, stride, convs, bns):
 
 @pytest.fixture
 def dilated_form():
-    """Set operations' dilated convolution form for one test; the default afterwards."""
+    """Set operations' gradient form for one test; the default afterwards."""
     import operations
-    yield operations.set_dilated_conv
-    operations.set_dilated_conv(operations.DILATED_FORMS[0])
+    yield operations.set_grad_form
+    operations.set_grad_form(operations.GRAD_FORMS[0])
 
 
 def _dilated_grads(operations, form, k, stride, H, fmt, C=8):
-    operations.set_dilated_conv(form)
+    operations.set_grad_form(form)
     torch.manual_seed(0)
     conv = operations.DepthwiseConv2d(C, C, k, stride=stride, padding=k - 1, dilation=2, groups=C, bias=False)
     x = torch.randn(4, C, H, H).contiguous(memory_format=fmt).requires_grad_()
@@ -129,6 +159,37 @@ def test_polyphase_gradients_differ_from_direct_only_in_the_last_bits(dilated_fo
     got = _dilated_grads(operations, 'polyphase', 5, 1, 16, torch.channels_last, C=16)
     assert not torch.equal(got[2], want[2])
     torch.testing.assert_close(got[2], want[2], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('form, dense', [('dense', True), ('polyphase', False), ('direct', False)])
+def test_cat_channels_hands_out_dense_gradients_in_the_dense_form(dilated_form, form, dense):
+    """torch.cat's values and gradients; in the dense form each input's gradient is a dense channels-last tensor
+    (torch.cat's are strided views of the output's gradient)."""
+    from operations import cat_channels
+    dilated_form(form)
+    xs = [torch.randn(2, c, 4, 4).contiguous(memory_format=torch.channels_last).requires_grad_() for c in (3, 5)]
+    y = cat_channels(xs)
+    assert torch.equal(y, torch.cat(xs, 1))
+    g = torch.randn(y.shape).contiguous(memory_format=torch.channels_last)
+    grads = torch.autograd.grad(y, xs, g)
+    assert torch.equal(grads[0], g[:, :3]) and torch.equal(grads[1], g[:, 3:])
+    assert all(t.is_contiguous(memory_format=torch.channels_last) for t in grads) == dense
+
+
+def test_dense_gradients_differ_from_polyphase_only_in_the_last_bits(dilated_form):
+    """A supernet step's gradients in the dense and polyphase forms: equal to float rounding, not bit for bit (else
+    the form would need no record)."""
+    grads = {}
+    for form in ('polyphase', 'dense'):
+        dilated_form(form)
+        torch.manual_seed(0)
+        net = Network(C=8, num_classes=5, layers=5).to(memory_format=torch.channels_last)
+        x = torch.randn(16, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+        net.forward_candidate(x, G.random_candidate(random.Random(1))).square().mean().backward()
+        grads[form] = [p.grad for p in net.parameters() if p.grad is not None]
+    assert not all(torch.equal(a, b) for a, b in zip(grads['dense'], grads['polyphase']))
+    for a, b in zip(grads['dense'], grads['polyphase']):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_dil_conv_keeps_its_keys_and_conv_type():

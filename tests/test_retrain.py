@@ -158,6 +158,26 @@ def test_state_dict_names_follow_the_reference():
     assert {'stem.0.weight', 'auxiliary_head.features.6.running_var'} <= cifar
 
 
+@pytest.mark.parametrize('fmt', [torch.channels_last, torch.contiguous_format])
+def test_drop_path_is_the_reference_formula_bit_for_bit(fmt):
+    """x / keep * mask and its gradient, every bit (the signs of the zeros too), from the same random stream."""
+    x = torch.randn(64, 3, 4, 4).contiguous(memory_format=fmt)
+    x[0, 0, 0, :2] = torch.tensor([0.0, -0.0])
+    g = torch.randn(x.shape).contiguous(memory_format=fmt)
+    outs = []
+    for fn in (drop_path, lambda t, p: t.div(1 - p) * torch.empty(64, 1, 1, 1).bernoulli_(1 - p)):
+        torch.manual_seed(3)
+        t = x.clone().requires_grad_()
+        y = fn(t, 0.3)
+        (grad,) = torch.autograd.grad(y, t, g)
+        outs.append((y.detach(), grad))
+    (y, grad), (y_ref, grad_ref) = outs
+    assert 0 < int((y_ref.flatten(1) == 0).all(1).sum()) < 64        # some samples dropped, not all
+    for got, want in ((y, y_ref), (grad, grad_ref)):
+        assert torch.equal(got.contiguous().view(torch.int32), want.contiguous().view(torch.int32))
+        assert got.is_contiguous(memory_format=fmt)
+
+
 def test_drop_path():
     torch.manual_seed(0)
     x = torch.randn(1000, 2, 3, 3)

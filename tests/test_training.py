@@ -147,20 +147,23 @@ def test_both_stages_train_their_epochs_through_the_one_shared_loop(monkeypatch)
 
 
 @pytest.mark.parametrize('asked, recorded, form, warned', [
-    (None, None, 'polyphase', False),                       # a new run
-    (None, {}, 'direct', False),                            # a run recorded before the choice existed
-    (None, {'dilated_conv': 'polyphase'}, 'polyphase', False),
+    (None, None, 'dense', False),                           # a new run
+    (None, {}, 'direct', False),                            # a run recorded before the forms existed
+    (None, {'dilated_conv': 'polyphase'}, 'polyphase', False),   # recorded when --dilated_conv was the choice
+    (None, {'grad_form': 'polyphase'}, 'polyphase', False),
+    (None, {'grad_form': 'dense'}, 'dense', False),
     ('direct', None, 'direct', False),
-    ('polyphase', {'seed': 1}, 'polyphase', True),          # asked otherwise than the run started: warned
+    ('dense', {'seed': 1}, 'dense', True),                  # asked otherwise than the run started: warned
+    ('dense', {'dilated_conv': 'polyphase'}, 'dense', True),
 ])
-def test_a_run_keeps_the_dilated_conv_form_it_started_with(asked, recorded, form, warned, monkeypatch):
+def test_a_run_keeps_the_gradient_form_it_started_with(asked, recorded, form, warned, monkeypatch):
     import operations
-    from training import use_dilated_conv
+    from training import use_grad_form
     warnings = []
     monkeypatch.setattr(training.logger, 'warning', lambda *a: warnings.append(a[0] % a[1:]))
     try:
-        assert use_dilated_conv(asked, recorded, 'the run') == form
-        assert operations.dilated_conv() == form
+        assert use_grad_form(asked, recorded, 'the run') == form
+        assert operations.grad_form() == form
     finally:
-        operations.set_dilated_conv(operations.DILATED_FORMS[0])
+        operations.set_grad_form(operations.GRAD_FORMS[0])
     assert any('differ from an uninterrupted one' in w for w in warnings) == warned

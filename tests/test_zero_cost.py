@@ -172,16 +172,16 @@ def test_naswot_of_a_stand_alone_network_counts_every_cells_preprocessing_relu()
 
 
 @pytest.mark.parametrize('proxy', ['grad_norm', 'snip', 'synflow'])
-def test_gradient_proxies_do_not_depend_on_the_dilated_conv_form(proxy):
-    """Scores come from PyTorch's dilated convolutions whatever form training runs (a score file extended later
+def test_gradient_proxies_do_not_depend_on_the_gradient_form(proxy):
+    """Scores come from PyTorch's own kernels whatever gradient form training runs (a score file extended later
     keeps its scores bit for bit)."""
     import operations
     scores = []
-    for form in operations.DILATED_FORMS:
+    for form in operations.GRAD_FORMS:
         torch.manual_seed(0)
         net = NetworkCIFAR(8, 10, 5, False, G.GENAS_FLATNESS_CIFAR10).to(memory_format=torch.channels_last)
         x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
         x, y = x.to(memory_format=torch.channels_last), torch.arange(16) % 10
-        with operations.dilated_conv_form(form):
+        with operations.using_grad_form(form):
             scores.append(Z.synflow(net, (3, 32, 32)) if proxy == 'synflow' else getattr(Z, proxy)(net, x, y))
-    assert scores[0] == scores[1]
+    assert scores[0] == scores[1] == scores[2]

@@ -21,7 +21,7 @@ from spaces.supernet import evaluate_candidate
 from train_supernet.heap import HeapTrimmer
 from training import (EpochConfig, Hooks, StepConfig, note_resumed, require_finite_loss, require_finite_weights,
                       resumable_state, resume_hint, resume_training, start_run, stop_requested, train_epoch,
-                      train_step, use_dilated_conv)
+                      train_step, use_grad_form)
 from utils import Run, UserError, changed_flags, logger, refuse_other_kind
 
 LAST, INITIAL = 'last.pth.tar', 'checkpoint_epoch_0.pth.tar'
@@ -169,7 +169,7 @@ class SupernetRun:
         refuse_other_kind(args.save, KIND)                 # before any work: a search or retrain run is not resumed
         self.resumed = read_resume(args.resume) if args.resume else Resume(None, None)
         recorded = self.resumed.args if (self.resumed.last or self.resumed.initial) else None
-        args.dilated_conv = use_dilated_conv(args.dilated_conv, recorded, args.resume)
+        args.grad_form = use_grad_form(args.grad_form, recorded, args.resume)
         self.device = choose_device(args.device, self.dist.local_rank, deterministic=args.deterministic)
         seed_everything(args.seed + self.dist.rank)        # weights: DDP copies rank 0's to every rank
         if args.resume:                                    # the split the run started with, unless flags say otherwise

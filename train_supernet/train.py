@@ -23,7 +23,7 @@ from devices import add_deterministic_flag  # noqa: E402
 from spaces import SPACE_NAMES, get_space  # noqa: E402
 from train_supernet.heap import DEFAULT_HEADROOM  # noqa: E402
 from train_supernet.supernet_training import LAST, SupernetRun  # noqa: E402
-from training import add_dilated_conv_flag, check_ranges  # noqa: E402
+from training import add_grad_form_flag, check_ranges  # noqa: E402
 from utils import (ArgumentParser, add_noop_flags, locks_released, pop_noop_flags, require,  # noqa: E402
                    resolve_run_paths, run_cli)
 
@@ -63,7 +63,7 @@ def _add_run_flags(g):
                    help='search space: darts (the reference\'s) or nb201 (NAS-Bench-201, 6 edges x 5 ops)')
     g.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'], help='where to train')
     add_deterministic_flag(g)
-    add_dilated_conv_flag(g)
+    add_grad_form_flag(g)
     g.add_argument('--workers', type=int, default=0,
                    help='unused for in-memory datasets (batches are augmented on the device); kept for '
                         'command-line compatibility')
