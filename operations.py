@@ -263,7 +263,9 @@ class DilConv(ReLUFirst):
 
 class SepConv(ReLUFirst):
     """Two (ReLU, depthwise kxk, pointwise 1x1, BN) blocks, the first with the stride.
-    Keys: op.1, op.2, op.5, op.6 (convs), op.3, op.7 (BNs)."""
+    Keys: op.1, op.2, op.5, op.6 (convs), op.3, op.7 (BNs). The second ReLU rectifies the first BN's output in place:
+    nothing else reads it (BN's backward keeps its input, not its output), so the values are the same with one
+    tensor less to write."""
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
         super().__init__()
@@ -272,7 +274,7 @@ class SepConv(ReLUFirst):
             nn.Conv2d(C_in, C_in, kernel_size, stride=stride, padding=padding, groups=C_in, bias=False),
             nn.Conv2d(C_in, C_in, 1, bias=False),
             nn.BatchNorm2d(C_in, affine=affine),
-            nn.ReLU(inplace=False),
+            nn.ReLU(inplace=True),
             nn.Conv2d(C_in, C_in, kernel_size, stride=1, padding=padding, groups=C_in, bias=False),
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),

@@ -75,6 +75,25 @@ def test_stride_2_ops_keep_a_channels_last_gradient():
         assert got.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize('stride', [1, 2])
+def test_sep_conv_in_place_relu_changes_nothing(stride):
+    """SepConv's second ReLU runs in place: output and every gradient equal the out-of-place ReLU's bit for bit,
+    and the op's input is left as it was."""
+    results = []
+    for inplace in (True, False):
+        torch.manual_seed(0)
+        op = OPS['sep_conv_3x3'](4, stride, True)
+        op.op[4].inplace = inplace
+        x = torch.randn(2, 4, 8, 8)
+        before = x.clone()
+        xg = x.requires_grad_()
+        y = op(xg)
+        grads = torch.autograd.grad(y, [xg] + list(op.parameters()), torch.randn(y.shape))
+        assert torch.equal(x.detach(), before)
+        results.append([y.detach()] + list(grads))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def test_avg_pool_excludes_padding():
     op = OPS['avg_pool_3x3'](1, 1, True)
     y = op(torch.ones(1, 1, 4, 4))
