@@ -19,13 +19,14 @@ def drop_path(x, drop_prob):
     """Zero whole samples with probability drop_prob and scale the rest by 1 / keep (x: (N, C, H, W)): the
     reference's x / keep * mask, bit for bit."""
     keep = 1.0 - drop_prob
-    if torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    if compiling:
         # bernoulli_(float) would bake drop_prob into the graph, which then recompiles every epoch (the
         # probability grows each epoch); a comparison keeps it an input. The same distribution, another stream.
         mask = (torch.rand(x.size(0), 1, 1, 1, device=x.device) < keep).to(x.dtype)
-        return x.div(keep) * mask
-    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
-    if x.device.type == 'cpu':
+    else:
+        mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    if x.device.type == 'cpu' and not compiling:      # elsewhere the dropped samples' indices would cost a sync
         return _DropPath.apply(x, mask, keep)
     return x.div(keep) * mask
 
