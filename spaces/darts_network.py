@@ -17,42 +17,23 @@ from operations import OPS, FactorizedReduce, Identity, ReLUConvBN, cat_channels
 
 def drop_path(x, drop_prob):
     """Zero whole samples with probability drop_prob and scale the rest by 1 / keep (x: (N, C, H, W)): the
-    reference's x / keep * mask, bit for bit."""
+    reference's x / keep * mask, bit for bit wherever x / keep is finite (past that a dropped sample's x / keep *
+    0 is NaN, which the CPU's one-pass form below gives as a zero)."""
     keep = 1.0 - drop_prob
-    compiling = torch.compiler.is_compiling()
-    if compiling:
+    if torch.compiler.is_compiling():
         # bernoulli_(float) would bake drop_prob into the graph, which then recompiles every epoch (the
         # probability grows each epoch); a comparison keeps it an input. The same distribution, another stream.
         mask = (torch.rand(x.size(0), 1, 1, 1, device=x.device) < keep).to(x.dtype)
-    else:
-        mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
-    if x.device.type == 'cpu' and not compiling:      # elsewhere the dropped samples' indices would cost a sync
-        return _DropPath.apply(x, mask, keep)
+        return x.div(keep) * mask
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    if x.device.type == 'cpu' and x.dtype in (torch.float32, torch.float64):
+        # One pass instead of two, in both directions: a kept sample divided by keep is x / keep, a dropped one
+        # divided by infinity is a zero of x's sign, as x / keep * 0 is (and NaN where x is infinite or NaN, as
+        # there); the gradient g / divisor likewise equals (g * mask) / keep. Not on a GPU, whose division by a
+        # scalar multiplies by its reciprocal, nor in reduced precision, where a CPU's does not match a division
+        # by a tensor either.
+        return x.div(torch.full_like(mask, float('inf')).masked_fill_(mask.bool(), keep))
     return x.div(keep) * mask
-
-
-class _DropPath(torch.autograd.Function):
-    """x / keep * mask in one pass over x plus one over the dropped samples (a CPU is memory-bound here): each
-    sample is a contiguous block in both memory formats, and multiplying by a mask of ones and zeros only changes
-    the dropped samples, to (x / keep) * 0. The gradient, (g * mask) / keep, is likewise g / keep with the dropped
-    samples (g / keep) * 0: the same zeros, signs included."""
-
-    @staticmethod
-    def forward(ctx, x, mask, keep):
-        ctx.keep, ctx.dropped = keep, (mask.view(-1) == 0).nonzero().view(-1).tolist()
-        return _scale_and_drop(x, keep, ctx.dropped)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        return _scale_and_drop(grad, ctx.keep, ctx.dropped), None, None
-
-
-def _scale_and_drop(t, keep, dropped):
-    out = t.div(keep)
-    for i in dropped:
-        out[i].mul_(0.0)
-    return out
 
 
 class Cell(nn.Module):

@@ -161,9 +161,12 @@ def test_state_dict_names_follow_the_reference():
 @pytest.mark.parametrize('fmt', [torch.channels_last, torch.contiguous_format])
 def test_drop_path_is_the_reference_formula_bit_for_bit(fmt):
     """x / keep * mask and its gradient, every bit (the signs of the zeros too), from the same random stream."""
-    x = torch.randn(64, 3, 4, 4).contiguous(memory_format=fmt)
-    x[0, 0, 0, :2] = torch.tensor([0.0, -0.0])
+    x = torch.randn(64, 3, 4, 6).contiguous(memory_format=fmt)
+    inf, nan = float('inf'), float('nan')
+    x[:, 0, 0, :6] = torch.tensor([0.0, -0.0, inf, -inf, nan, 1e-45])      # in kept and in dropped samples
+    x[:, 1] *= 1e37                     # large, while x / keep stays finite (past that the reference's zeros are NaN)
     g = torch.randn(x.shape).contiguous(memory_format=fmt)
+    g[:, 0, 1, :3] = torch.tensor([-0.0, -inf, nan])
     outs = []
     for fn in (drop_path, lambda t, p: t.div(1 - p) * torch.empty(64, 1, 1, 1).bernoulli_(1 - p)):
         torch.manual_seed(3)
@@ -172,7 +175,7 @@ def test_drop_path_is_the_reference_formula_bit_for_bit(fmt):
         (grad,) = torch.autograd.grad(y, t, g)
         outs.append((y.detach(), grad))
     (y, grad), (y_ref, grad_ref) = outs
-    assert 0 < int((y_ref.flatten(1) == 0).all(1).sum()) < 64        # some samples dropped, not all
+    assert 0 < int((y_ref[:, 2].flatten(1) == 0).all(1).sum()) < 64     # some samples dropped, not all
     for got, want in ((y, y_ref), (grad, grad_ref)):
         assert torch.equal(got.contiguous().view(torch.int32), want.contiguous().view(torch.int32))
         assert got.is_contiguous(memory_format=fmt)
