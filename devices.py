@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from heap import keep_freed_memory
 from utils import UserError
 
 # cuBLAS needs a fixed workspace for reproducible results (read when its first handle is made).
@@ -42,17 +43,20 @@ def use_deterministic(on):
     torch.backends.cudnn.benchmark = False
 
 
-def choose_device(name='auto', local_rank=0, share=False, deterministic=False, benchmark=True):
+def choose_device(name='auto', local_rank=0, share=False, deterministic=False, benchmark=True, keep_heap=True):
     """--device auto|cpu|cuda -> torch.device (auto = cuda when available). The process of local rank r takes
     GPU r; with `share` (processes that exchange only small objects, as the search's ranks) GPU r mod the GPU
     count, so that several processes score on one GPU. `deterministic` (--deterministic): see use_deterministic;
-    `benchmark`: let cuDNN time its algorithms (off for scoring, and under `deterministic`)."""
+    `benchmark`: let cuDNN time its algorithms (off for scoring, and under `deterministic`); `keep_heap`: on a CPU,
+    keep freed memory for the next step (heap.keep_freed_memory)."""
     if name not in ('auto', 'cpu', 'cuda'):
         raise UserError(f'--device must be auto, cpu or cuda, got {name!r}')
     use_deterministic(deterministic)                 # before anything touches CUDA
     if name == 'cuda' and not torch.cuda.is_available():
         raise UserError('--device cuda was asked for but no CUDA device is visible; use --device cpu')
     if name == 'cpu' or not torch.cuda.is_available():
+        if keep_heap:
+            keep_freed_memory()
         return torch.device('cpu')
     count = torch.cuda.device_count()
     if local_rank >= count and not share:

@@ -55,7 +55,7 @@ from proxy_study.cells import sample_cells  # noqa: E402
 from retrain.train_loop import Protocol  # noqa: E402
 from spaces import get_space  # noqa: E402
 from spaces.darts_supernet import Network  # noqa: E402
-from train_supernet.heap import DEFAULT_HEADROOM, HeapTrimmer  # noqa: E402
+from heap import DEFAULT_HEADROOM, HeapTrimmer  # noqa: E402
 from train_supernet.supernet_training import supernet_step  # noqa: E402
 from training import StepConfig, train_step  # noqa: E402
 from utils import ArgumentParser, UserError, run_cli  # noqa: E402
@@ -72,7 +72,9 @@ LEVERS = ['supernet_train:contiguous', 'supernet_train:reference_forward', 'supe
           'retrain_cifar:contiguous', 'nb201_supernet_train:contiguous', 'ground_truth_train:contiguous',
           'supernet_train:direct_grads', 'supernet_train:polyphase_grads', 'retrain_cifar:direct_grads',
           'retrain_cifar:relu_per_cell', 'ground_truth_train:direct_grads', 'ground_truth_train:polyphase_grads',
-          'data:tensor_batches', 'data:pil_per_image']
+          'data:tensor_batches', 'data:pil_per_image',
+          'supernet_train:trimmed_heap', 'score_wlm:trimmed_heap', 'retrain_cifar:trimmed_heap',
+          'ground_truth_train:trimmed_heap']
 GPU_VARIANTS = ['supernet_train:amp', 'retrain_cifar:amp', 'nb201_supernet_train:amp', 'ground_truth_train:amp',
                 'score_wlm:test_batch_64']
 # bf16 autocast on a CPU with bf16 instructions (Machine.cpu_bf16); skipped, with a note, on other CPUs.
@@ -511,8 +513,9 @@ def skip_reason(name, device, machine):
 
 def worker(name, device_name, tiny, profile=False):
     """One workload in this process; returns its result (with the peak RSS, thread count and machine)."""
-    device = choose_device(device_name)
     workload, _, variant = name.partition(':')
+    # trimmed_heap: glibc's own trimming of the heap top, which makes every step page-fault its activations in anew
+    device = choose_device(device_name, keep_heap=variant != 'trimmed_heap')
     s = settings(tiny)
     if variant.endswith('_grads'):          # another gradient form (--grad_form direct / polyphase)
         operations.set_grad_form(variant[:-len('_grads')])

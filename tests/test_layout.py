@@ -109,10 +109,10 @@ def test_a_cross_stage_and_a_cli_import_are_caught(tmp_path):
         dest = tmp_path / path.relative_to(ROOT)
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(path.read_text())
-    (tmp_path / 'retrain' / 'fake.py').write_text('from train_supernet import heap\n')
+    (tmp_path / 'retrain' / 'fake.py').write_text('from train_supernet import supernet_training\n')
     (tmp_path / 'proxy_study' / 'fake.py').write_text('from evolutionary_search import search\n')
     bad = violations(tmp_path)
-    assert 'stage module retrain.fake imports train_supernet.heap of another stage' in bad
+    assert 'stage module retrain.fake imports train_supernet.supernet_training of another stage' in bad
     assert 'proxy_study.fake imports the CLI script evolutionary_search.search' in bad
 
 

@@ -13,7 +13,7 @@ from conftest import (TINY_SUPERNETS, assert_refused, check_refusal, cli_exit_co
                       log_lines, nonfinite_tensors, refusal_base, refused_in_copy, run_and_kill, run_script,
                       slow_params, snapshot_dir, stage_cli)
 from spaces import get_space
-from train_supernet import heap, supernet_training, train
+from train_supernet import supernet_training, train
 from spaces.darts_supernet import Network
 from training import StepConfig
 from utils import read_metrics
@@ -370,35 +370,6 @@ def test_diverging_loss_exits_2_with_the_fix(tmp_path, capsys):
     assert code == 2 and last.startswith('error: training loss became'), err
     # no epoch finished, so there is no last.pth.tar to name: the hint restarts the run from its beginning
     assert 'lower --learning_rate' in last and f'--resume {tmp_path / "run"} (no epoch was saved yet' in last
-
-
-def test_heap_trimmer_trims_only_above_the_headroom(monkeypatch):
-    trims = []
-    trim = heap.HeapTrimmer(torch.device('cpu'), 0.2)
-    always = heap.HeapTrimmer(torch.device('cpu'), 0.0)
-    for t, headroom in ((trim, 0.2), (always, 0.0)):
-        t.headroom = headroom     # the constructor disables it where glibc or /proc is missing
-        t._trim = lambda pad: trims.append(pad)
-    rss = iter([1000, 1100, 1250, 1150, 1300])          # RSS after steps 1..5; limit 1.2 x 1000
-    monkeypatch.setattr(heap, 'resident_bytes', lambda: next(rss))
-    for _ in range(5):
-        trim()
-    assert trim.limit == pytest.approx(1200) and trim.trims == len(trims) == 2       # at 1250 and 1300
-
-    monkeypatch.setattr(heap, 'resident_bytes', lambda: 1000)
-    for _ in range(3):
-        always()
-    assert always.trims == 3 and len(trims) == 5
-    assert heap.HeapTrimmer(torch.device('meta'), 0.2).headroom < 0      # only CPUs: off elsewhere
-    assert heap.HeapTrimmer(torch.device('cpu'), -1).headroom < 0
-
-
-def test_resident_bytes_is_the_process_rss():
-    if heap.resident_bytes() is None:
-        pytest.skip('no /proc/self/statm on this system')
-    import resource
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    assert 50 * 2**20 < heap.resident_bytes() <= peak + 2**20
 
 
 # --- bad input, by kind: exit 2, one error line, every file of every run unchanged ------------------------------

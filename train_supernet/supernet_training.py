@@ -18,7 +18,7 @@ from distributed import Dist
 from seeding import derive_seed, seed_everything, set_rng_state
 from spaces import get_space
 from spaces.supernet import evaluate_candidate
-from train_supernet.heap import HeapTrimmer
+from heap import HeapTrimmer
 from training import (EpochConfig, Hooks, StepConfig, note_resumed, require_finite_loss, require_finite_weights,
                       resumable_state, resume_hint, resume_training, start_run, stop_requested, train_epoch,
                       train_step, use_grad_form)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhe
 from data import add_data_args  # noqa: E402
 from devices import add_deterministic_flag  # noqa: E402
 from spaces import SPACE_NAMES, get_space  # noqa: E402
-from train_supernet.heap import DEFAULT_HEADROOM  # noqa: E402
+from heap import DEFAULT_HEADROOM  # noqa: E402
 from train_supernet.supernet_training import LAST, SupernetRun  # noqa: E402
 from training import add_grad_form_flag, check_ranges  # noqa: E402
 from utils import (ArgumentParser, add_noop_flags, locks_released, pop_noop_flags, require,  # noqa: E402
