@@ -1,6 +1,7 @@
 """The zero-cost proxies (evolutionary_search/zero_cost.py) and the new stage-2 metrics against hand
 computations: synflow on a 2-layer linear net, NASWOT on a hand-built activation pattern, grad_norm and
 SNIP by plain autograd, wlm_l0 from its losses."""
+import contextlib
 import copy
 import math
 
@@ -135,18 +136,32 @@ def test_every_metric_runs_under_the_scoring_precision(ctx, name, monkeypatch):
 
     for owner, attr in ((M, 'standalone_network'), (M, 'bn_batches'), (ctx.space, 'angle_vector')):
         monkeypatch.setattr(owner, attr, spy(getattr(owner, attr)))
-    for owner, attr in ((torch.backends.cuda.matmul, 'allow_tf32'), (torch.backends.cudnn, 'allow_tf32'),
-                        (torch.backends.cudnn, 'benchmark')):
-        monkeypatch.setattr(owner, attr, True)
-    M.METRICS[name](ctx, CAND)
-    fp32 = len(seen)
-    low = copy.copy(ctx)
-    low.precision = 'bf16'
-    M.METRICS[name](low, CAND)
-    assert fp32 and set(seen[:fp32]) == {(False, False, False, False)}, seen
-    assert set(seen[fp32:]) == {(False, False, False, True)}, seen
-    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark) \
-        == (True, True, True)
+    with _backend_flags(True):
+        M.METRICS[name](ctx, CAND)
+        fp32 = len(seen)
+        low = copy.copy(ctx)
+        low.precision = 'bf16'
+        M.METRICS[name](low, CAND)
+        assert fp32 and set(seen[:fp32]) == {(False, False, False, False)}, seen
+        assert set(seen[fp32:]) == {(False, False, False, True)}, seen
+        assert _backend_flag_values() == (True, True, True)
+
+
+def _backend_flag_values():
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark
+
+
+@contextlib.contextmanager
+def _backend_flags(value):
+    """TF32 (cuBLAS, cuDNN) and cuDNN benchmark set to value, restored afterwards. Set by hand, not with
+    monkeypatch: the cuBLAS flag lives behind its module's __getattr__/__setattr__, not in its __dict__, so
+    pytest 9.2's monkeypatch records it as absent and its undo fails deleting it."""
+    old = _backend_flag_values()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = value
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = old
 
 
 def test_naswot_of_a_stand_alone_network_counts_every_cells_preprocessing_relu():
