@@ -8,14 +8,17 @@ import torch
 import heap
 from conftest import ROOT
 
-# A child process frees 40 heap blocks of one size (below glibc's 32 MB mapping threshold, so they come from the
-# heap), allocates and writes them again, and prints the page faults of that second round; for three sizes.
-REFAULT = """
-import resource, sys
+# Each child process below starts so: glibc told to keep freed memory.
+KEEP = """
 import torch
 import heap
-if sys.argv[1] == 'keep':
-    assert heap.keep_freed_memory()
+assert heap.keep_freed_memory()
+"""
+
+# This child frees 40 heap blocks of one size (below glibc's 32 MB mapping threshold, so they come from the heap),
+# allocates and writes them again, and prints the page faults of that second round; for three sizes.
+REFAULT = KEEP + """
+import resource
 faults = 0
 for n in (700_000, 2_000_000, 5_000_000):          # floats: 2.8, 8 and 20 MB
     for _ in range(3):
@@ -28,31 +31,26 @@ for n in (700_000, 2_000_000, 5_000_000):          # floats: 2.8, 8 and 20 MB
 print(faults)
 """
 
-
-# A child process frees 40 blocks of 8 MB and prints the free bytes glibc's heap still holds (mallinfo2's fordblks)
-# as a share of theirs, or -1 without mallinfo2 (glibc < 2.33).
-HELD = """
-import ctypes, sys
-import torch
-import heap
-libc = ctypes.CDLL('libc.so.6')
-if not hasattr(libc, 'mallinfo2'):
+# This child frees 40 blocks of 8 MB and prints the free bytes glibc's heap still holds (mallinfo2's fordblks) as a
+# share of theirs, or -1 without mallinfo2 (glibc < 2.33).
+HELD = KEEP + """
+import ctypes
+libc = heap._libc()
+if hasattr(libc, 'mallinfo2'):
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks',
+                                                         'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
+    libc.mallinfo2.restype = MallInfo2
+    blocks = [torch.ones(2_000_000) for _ in range(40)]
+    del blocks
+    print(libc.mallinfo2().fordblks / (40 * 8e6))
+else:
     print(-1)
-    sys.exit()
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks',
-                                                     'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
-libc.mallinfo2.restype = MallInfo2
-if sys.argv[1] == 'keep':
-    assert heap.keep_freed_memory()
-blocks = [torch.ones(2_000_000) for _ in range(40)]
-del blocks
-print(libc.mallinfo2().fordblks / (40 * 8e6))
 """
 
 
-def _child(script, mode):
-    out = subprocess.run([sys.executable, '-c', script, mode], cwd=ROOT, capture_output=True, text=True, check=True)
+def _child(script):
+    out = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True, text=True, check=True)
     return float(out.stdout.split()[-1])
 
 
@@ -67,7 +65,7 @@ def test_freed_memory_stays_in_the_heap():
     0.33 with a 64 MB trim threshold. (How much of it lies at the heap's very top, mallinfo2's keepcost, varies
     with where small blocks landed: 0 in a third of the runs.)"""
     _needs_glibc()
-    kept = _child(HELD, 'keep')
+    kept = _child(HELD)
     if kept < 0:
         pytest.skip('needs glibc >= 2.33 (mallinfo2)')
     assert kept > 0.9
@@ -79,7 +77,7 @@ def test_kept_memory_is_not_faulted_in_again():
     thresholds land varies between runs, and rarely it keeps the memory by itself). The fewer of two child
     processes counts: once, beside a full test run, one child faulted 14,600 pages in with the memory kept."""
     _needs_glibc()
-    assert min(_child(REFAULT, 'keep') for _ in range(2)) < 5_000
+    assert min(_child(REFAULT) for _ in range(2)) < 5_000
 
 
 def test_heap_trimmer_trims_only_above_the_headroom(monkeypatch):
